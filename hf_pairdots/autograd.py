@@ -1,0 +1,188 @@
+"""Parameters as one flat vector, and the autodiff products influence needs (stateless).
+
+Influence is taken over a *subset* θ_S of a model's parameters (Sec. 3.2 with θ restricted to
+θ_S). :class:`ParameterSet` fixes the order of that subset once, so train-side and test-side
+gradients always share one layout (case C07). Products are computed by ``torch.func``:
+
+* gradient: ``torch.func.grad``;
+* Hessian-vector product (HVP): forward-over-reverse, ``jvp(grad(f))``, cost ≈ 2-3 backward passes;
+* directional derivative of per-example losses along a vector (JVP): one forward pass with
+  dual numbers; this gives ∇θL(z_i)ᵀ s for every example of a batch without forming gradients.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class ParameterSet:
+    """An ordered subset θ_S of a model's parameters, flattened to one vector of length P.
+
+    Attributes:
+        names: parameter names as in ``model.named_parameters()``, in flattening order.
+        shapes: their shapes.
+        tensors: the live parameter tensors (never modified here).
+    """
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+    tensors: tuple[Tensor, ...]
+
+    @property
+    def numel(self) -> int:
+        """P, the length of the flat vector."""
+        return sum(s.numel() for s in self.shapes)
+
+    def flat(self) -> Tensor:
+        """The current values as a detached float32 vector of shape ``(P,)``."""
+        return torch.cat([t.detach().reshape(-1).float() for t in self.tensors])
+
+    def unflatten(self, vector: Tensor) -> dict[str, Tensor]:
+        """Split a ``(P,)`` vector into ``{name: tensor}`` views with the parameters' shapes."""
+        if vector.shape != (self.numel,):
+            raise ValueError(f"expected a vector of shape ({self.numel},), got {tuple(vector.shape)}")
+        pieces = torch.split(vector, [s.numel() for s in self.shapes])
+        return {n: p.view(s) for n, p, s in zip(self.names, pieces, self.shapes)}
+
+    def flatten(self, tensors: Sequence[Tensor | None]) -> Tensor:
+        """Concatenate per-parameter tensors (``None`` = zero gradient) into a ``(P,)`` vector."""
+        return torch.cat([
+            (torch.zeros(s) if t is None else t.float()).reshape(-1) for t, s in zip(tensors, self.shapes)
+        ])
+
+
+PRESETS = ("all", "top", "classifier", "lora")
+
+
+def _top_patterns(model: nn.Module) -> list[str]:
+    base = getattr(model, "base_model_prefix", "")
+    layers = _encoder_layers(model)
+    if layers is None:
+        raise ValueError(
+            "params='top' needs an encoder with `.encoder.layer` (BERT family); "
+            "pass params='all', 'classifier', or a list of name patterns instead."
+        )
+    last = f"{base}.encoder.layer.{len(layers) - 1}"
+    return [f"{last}.intermediate.*", f"{last}.output.*", f"{base}.pooler.*", "classifier.*"]
+
+
+def _encoder_layers(model: nn.Module):
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    encoder = getattr(base, "encoder", None)
+    return getattr(encoder, "layer", None)
+
+
+def select_parameters(model: nn.Module, params: str | Sequence[str] = "top") -> ParameterSet:
+    """Choose the parameters θ_S over which influence is taken.
+
+    Args:
+        model: the (unwrapped) classifier.
+        params: a preset or a list of ``fnmatch`` patterns over parameter names:
+
+            * ``"all"``: every parameter that requires grad;
+            * ``"top"`` (default, BERT family): the last encoder layer's feed-forward block, the
+              pooler and the classifier; the cheap subset that :mod:`hf_pairdots.features` caches;
+            * ``"classifier"``: parameters outside the base model (the classification head);
+            * ``"lora"``: the LoRA adapter weights of a peft model.
+
+    Returns:
+        A :class:`ParameterSet`. Frozen parameters (``requires_grad=False``) are left out and tied
+        parameters are counted once (case C07).
+
+    Raises:
+        ValueError: unknown preset, or no trainable parameter matches.
+    """
+    if isinstance(params, str):
+        if params not in PRESETS:
+            raise ValueError(f"params={params!r}: use one of {PRESETS} or a list of name patterns")
+        patterns = {
+            "all": ["*"],
+            "top": None,
+            "classifier": None,
+            "lora": ["*lora_*"],
+        }[params]
+        if params == "top":
+            patterns = _top_patterns(_unwrap_peft(model))
+            prefix = _peft_prefix(model)
+            patterns = [prefix + p for p in patterns]
+        elif params == "classifier":
+            base = getattr(_unwrap_peft(model), "base_model_prefix", "")
+            names = [n for n, _ in model.named_parameters() if not n.startswith(_peft_prefix(model) + base + ".")]
+            patterns = names
+    else:
+        patterns = list(params)
+    seen: set[int] = set()
+    chosen = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        if any(fnmatch.fnmatchcase(name, pat) for pat in patterns):
+            seen.add(id(p))
+            chosen.append((name, p))
+    if not chosen:
+        raise ValueError(
+            f"params={params!r} matches no trainable parameter of {type(model).__name__}; "
+            "check the names with model.named_parameters() and requires_grad"
+        )
+    return ParameterSet(tuple(n for n, _ in chosen), tuple(p.shape for _, p in chosen), tuple(p for _, p in chosen))
+
+
+def _unwrap_peft(model: nn.Module) -> nn.Module:
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _peft_prefix(model: nn.Module) -> str:
+    return "base_model.model." if callable(getattr(model, "get_base_model", None)) else ""
+
+
+def hvp(loss: Callable[[Tensor], Tensor], theta: Tensor, v: Tensor) -> Tensor:
+    """Hessian-vector product ∇²loss(θ) v by forward-over-reverse autodiff.
+
+    Args:
+        loss: scalar function of the flat parameters, ``(P,) -> ()``.
+        theta: ``(P,)`` point of evaluation.
+        v: ``(P,)`` vector, or ``(Q, P)`` for Q products at once (vectorised with ``vmap``; the
+            loss must be vmap-friendly, as the cached head of :mod:`hf_pairdots.features` is).
+
+    Returns:
+        Tensor of ``v``'s shape.
+    """
+    def single(u: Tensor) -> Tensor:
+        return torch.func.jvp(torch.func.grad(loss), (theta,), (u,))[1]
+
+    return torch.func.vmap(single)(v) if v.dim() == 2 else single(v)
+
+
+def directional_derivatives(per_example_loss: Callable[[Tensor], Tensor], theta: Tensor, s: Tensor) -> Tensor:
+    """∇θ L(z_i; θ)ᵀ s for every example of a batch, by one forward-mode pass (JVP).
+
+    Args:
+        per_example_loss: ``(P,) -> (B,)`` losses of a batch.
+        theta: ``(P,)``.
+        s: ``(P,)`` direction (typically ``s_test``), or ``(Q, P)`` for Q directions (vmap).
+
+    Returns:
+        ``(B,)``, or ``(Q, B)`` for ``(Q, P)`` directions. Cost ≈ one forward pass per direction;
+        no per-example gradient and no B x P matrix is ever formed (case C12).
+    """
+    def single(u: Tensor) -> Tensor:
+        return torch.func.jvp(per_example_loss, (theta,), (u,))[1]
+
+    return torch.func.vmap(single)(s) if s.dim() == 2 else single(s)
+
+
+def per_example_gradients(per_example_loss: Callable[[Tensor], Tensor], theta: Tensor, batch_size: int) -> Iterable[Tensor]:
+    """Yield ∇θ L(z_i; θ), shape ``(P,)``, one example at a time (the reference route).
+
+    ``per_example_loss`` maps ``(P,)`` to ``(B,)``; example i's gradient is the gradient of
+    entry i. Cost: B backward passes; memory: one ``(P,)`` vector at a time.
+    """
+    for i in range(batch_size):
+        yield torch.func.grad(lambda th, i=i: per_example_loss(th)[i])(theta)

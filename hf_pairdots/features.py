@@ -1,0 +1,84 @@
+"""Cached top-of-network features: train-side losses without re-running the bottom layers.
+
+For a BERT-family sequence classifier, only the first ([CLS]) position of the last layer
+reaches the classifier, and the last layer's feed-forward block acts on each position alone.
+So with θ_S = {last feed-forward block, pooler, classifier} (the ``"top"`` preset of
+:func:`hf_pairdots.autograd.select_parameters`), the loss of a training example depends on θ_S
+only through one H-vector per example: the last layer's attention output at position 0.
+:func:`compute_features` computes it once (one forward pass per example, no gradient), and
+:class:`TopHead` maps it to logits with the model's own modules, so HVPs and directional
+derivatives cost a few small matrix products instead of a full forward/backward pass.
+
+:func:`top_head_test` of the tests checks ``TopHead(features) == model(...).logits``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .saliency import model_inputs
+
+
+def _bert_parts(model: nn.Module):
+    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    pooler = getattr(base, "pooler", None)
+    classifier = getattr(model, "classifier", None)
+    if layers is None or pooler is None or not isinstance(classifier, nn.Linear):
+        return None
+    last = layers[-1]
+    if not (hasattr(last, "intermediate") and hasattr(last, "output")):
+        return None
+    return base, last, pooler, classifier
+
+
+def supports_top_head(model: nn.Module) -> bool:
+    """Whether ``model`` has the BERT layout that :class:`TopHead` needs (layers, pooler, linear classifier)."""
+    return _bert_parts(model) is not None
+
+
+class TopHead(nn.Module):
+    """The model's top as a function of cached features: ``(B, H) -> (B, num_labels)`` logits.
+
+    Holds the model as ``self.model`` (no copy), so ``functional_call`` on the head takes the
+    model's parameter names prefixed with ``"model."``. Eval mode: dropout is the identity.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        if _bert_parts(model) is None:
+            raise ValueError(f"{type(model).__name__} lacks the BERT layout (encoder.layer, pooler, classifier)")
+        self.model = model
+
+    def forward(self, features: Tensor) -> Tensor:
+        _, last, pooler, classifier = _bert_parts(self.model)
+        x = features[:, None, :]
+        hidden = last.output(last.intermediate(x), x)
+        return classifier(pooler(hidden))
+
+    def parameter_names(self) -> set[str]:
+        """Model parameter names that the head uses."""
+        _, last, pooler, classifier = _bert_parts(self.model)
+        owned = {id(p) for m in (last.intermediate, last.output, pooler, classifier) for p in m.parameters()}
+        return {n for n, p in self.model.named_parameters() if id(p) in owned}
+
+
+@torch.no_grad()
+def compute_features(model: nn.Module, batch: dict) -> Tensor:
+    """The last layer's attention output at position 0, shape ``(B, H)``, float32.
+
+    Cost: one forward pass of the whole model (no gradient) for the batch.
+    """
+    _, last, _, _ = _bert_parts(model)
+    captured = {}
+
+    def keep_input(module, inputs, output):
+        captured["x"] = inputs[0][:, 0]
+
+    handle = last.intermediate.register_forward_hook(keep_input)
+    try:
+        model(**model_inputs(batch))
+    finally:
+        handle.remove()
+    return captured["x"].float().clone()

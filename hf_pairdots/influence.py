@@ -1,0 +1,448 @@
+"""The paper's influence quantities (Sec. 3.2) as named functions.
+
+Sign convention, in every code path (case C10)::
+
+    I(z, m) = d m(θ_{z,ε}) / dε |_{ε=0} = -∇θ m(θ)ᵀ H⁻¹ ∇θ L(z; θ)
+
+Positive means up-weighting the training example z *raises* the measurement m; removing z
+changes m by about -I/n. H is the Hessian of the mean training loss over the chosen parameters
+θ_S, damped: H + λI. With ``s_test = (H + λI)⁻¹ ∇θ m`` every score is a dot product
+``-s_testᵀ ∇θ L(z)``, computed as a forward-mode directional derivative of L(z) along s_test.
+
+* :func:`loss_measurement_gradient`: ∇θ L(z_test) for Koh & Liang's I_up,loss (Eq. 4 chained).
+* :func:`saliency_measurement_gradient`: ∇θ w_y(e) of Eq. 5 (double backward through Eq. 2).
+* :func:`compute_s_test`: s_test by LiSSA / CG / exact (App. B).
+* :func:`train_influence`: I(z_i, m) for every training example (Eq. 4/5), streamed.
+* :func:`perturbation_influence`: I(z, z̃, m) = I(z̃, m) - I(z, m) (Eq. 6-7).
+* :func:`word_influence`: I(x_t, m) = I(z, m) - I(z̃(t, UNK), m) for each word (Eq. 8).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import ihvp
+from .autograd import ParameterSet, directional_derivatives, hvp, select_parameters
+from .features import TopHead, compute_features, supports_top_head
+from .saliency import (_check_labels, embedding_gradient, encode_words, find_embedding_block, label_score,
+                       model_inputs, token_saliency)
+
+
+# ---------------------------------------------------------------------------------------------
+# Numerical hygiene
+# ---------------------------------------------------------------------------------------------
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Strip DDP / DataParallel / accelerate wrappers (``.module``); peft models stay peft models."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return model
+
+
+@contextlib.contextmanager
+def influence_mode(model: nn.Module):
+    """Float32, eval mode, eager attention, unwrapped; restores the model's mode afterwards.
+
+    A model whose parameters are not float32 (fp16/bf16 training) is deep-copied to float32, so
+    the trained weights are never changed. Yields the model to use.
+    """
+    model = unwrap_model(model)
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        model = copy.deepcopy(model).float()
+    was_training = model.training
+    config = getattr(model, "config", None)
+    old_attn = getattr(config, "_attn_implementation", None)
+    if old_attn not in (None, "eager") and hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")  # SDPA/flash have no double backward (case C06)
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+        if old_attn not in (None, "eager") and hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation(old_attn)
+
+
+# ---------------------------------------------------------------------------------------------
+# How the training loss depends on θ_S
+# ---------------------------------------------------------------------------------------------
+
+class Objective:
+    """The training loss L(z; θ_S) (cross-entropy, float32) as a function of the flat θ_S.
+
+    ``prepare(batch)`` turns a tokenised batch with ``labels`` into what ``per_example_loss``
+    reads. Two implementations: :class:`FullModelObjective` (any model, any subset) and
+    :class:`CachedTopObjective` (BERT family, ``"top"`` subset, features cached).
+    """
+
+    vectorized = False
+
+    def __init__(self, model: nn.Module, params: ParameterSet):
+        self.model = model
+        self.params = params
+        self.theta = params.flat()
+
+    def prepare(self, batch: dict) -> dict:
+        raise NotImplementedError
+
+    def per_example_loss(self, theta: Tensor, batch: dict) -> Tensor:
+        raise NotImplementedError
+
+    def mean_loss(self, theta: Tensor, batch: dict) -> Tensor:
+        return self.per_example_loss(theta, batch).mean()
+
+
+class FullModelObjective(Objective):
+    """Loss through the whole model. Cost per example: a full forward (JVP) or HVP pass."""
+
+    def prepare(self, batch: dict) -> dict:
+        return dict(batch)
+
+    def per_example_loss(self, theta: Tensor, batch: dict) -> Tensor:
+        logits = torch.func.functional_call(self.model, self.params.unflatten(theta), args=(),
+                                            kwargs=model_inputs(batch), strict=False).logits
+        return F.cross_entropy(logits.float(), batch["labels"], reduction="none")
+
+
+class CachedTopObjective(Objective):
+    """Loss through :class:`~hf_pairdots.features.TopHead` on cached features (BERT family).
+
+    ``prepare`` runs the bottom of the model once (one forward pass, no gradient); after that a
+    loss, JVP or HVP touches only the top feed-forward block, pooler and classifier.
+    """
+
+    vectorized = True
+
+    def __init__(self, model: nn.Module, params: ParameterSet):
+        super().__init__(model, params)
+        self.head = TopHead(model)
+        outside = set(params.names) - self.head.parameter_names()
+        if outside:
+            raise ValueError(f"parameters outside the cached top: {sorted(outside)[:3]}...; use FullModelObjective")
+
+    def prepare(self, batch: dict) -> dict:
+        return {"features": compute_features(self.model, batch), "labels": batch["labels"]}
+
+    def per_example_loss(self, theta: Tensor, batch: dict) -> Tensor:
+        named = {"model." + n: t for n, t in self.params.unflatten(theta).items()}
+        logits = torch.func.functional_call(self.head, named, (batch["features"],), strict=False)
+        return F.cross_entropy(logits.float(), batch["labels"], reduction="none")
+
+
+def make_objective(model: nn.Module, params: str | Sequence[str] | ParameterSet = "top") -> Objective:
+    """The cheapest exact objective for ``params``: cached top when possible, else the full model."""
+    pset = params if isinstance(params, ParameterSet) else select_parameters(model, params)
+    if supports_top_head(model) and set(pset.names) <= TopHead(model).parameter_names():
+        return CachedTopObjective(model, pset)
+    return FullModelObjective(model, pset)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training data, prepared once
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class PreparedData:
+    """Training examples in objective-ready batches (length-sorted to avoid padding waste).
+
+    Attributes:
+        batches: objective batches; each has ``"index"``, the examples' positions in the input.
+        size: n, the number of examples.
+    """
+
+    batches: list[dict]
+    size: int
+
+    def sample(self, generator: torch.Generator, num_examples: int) -> list[dict]:
+        """Batches drawn uniformly without replacement, about ``num_examples`` examples in all
+        (at least one batch): the mini-batch of a stochastic HVP."""
+        per_batch = max(1, self.size // max(1, len(self.batches)))
+        count = min(len(self.batches), max(1, round(num_examples / per_batch)))
+        return [self.batches[i] for i in torch.randperm(len(self.batches), generator=generator)[:count].tolist()]
+
+
+def tokenize(tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int) -> dict:
+    """Padded tensors for a batch of texts, whitespace words kept one-to-one (``word_ids``)."""
+    enc, _, _ = encode_words(tokenizer, texts, max_length)
+    batch = dict(enc)
+    batch["labels"] = torch.as_tensor(list(labels), dtype=torch.long)
+    return batch
+
+
+def prepare_data(objective: Objective, tokenizer, texts: Sequence[str], labels: Sequence[int], *,
+                 batch_size: int = 32, max_length: int = 128) -> PreparedData:
+    """Tokenise, sort by length, batch and ``prepare`` the training set.
+
+    Cost: for :class:`CachedTopObjective`, one forward pass over the data (about a third of a
+    training epoch); memory n x H floats. For :class:`FullModelObjective`, tokenisation only.
+    """
+    _check_labels(objective.model, torch.as_tensor(list(labels)))
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i].split()))
+    batches = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = objective.prepare(tokenize(tokenizer, [texts[i] for i in idx], [labels[i] for i in idx], max_length))
+        batch["index"] = torch.as_tensor(idx)
+        batches.append(batch)
+    return PreparedData(batches, len(texts))
+
+
+def full_hvp(objective: Objective, data: PreparedData):
+    """``V (Q, P) -> H V`` for the Hessian of the mean loss over all of ``data``. Cost: one pass."""
+    return lambda v: _mean_hvp(objective, data.batches, v)
+
+
+def _mean_hvp(objective: Objective, batches: list[dict], v: Tensor) -> Tensor:
+    """HVP with the Hessian of the mean loss over the examples of ``batches``."""
+    total = sum(len(b["labels"]) for b in batches)
+    out = torch.zeros_like(v)
+    for batch in batches:
+        out += len(batch["labels"]) / total * _batch_hvp(objective, batch, v)
+    return out
+
+
+def _batch_hvp(objective: Objective, batch: dict, v: Tensor) -> Tensor:
+    def loss(theta):
+        return objective.mean_loss(theta, batch)
+    if objective.vectorized:
+        return hvp(loss, objective.theta, v)
+    return torch.stack([hvp(loss, objective.theta, row) for row in v])
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements m(θ) and their gradients
+# ---------------------------------------------------------------------------------------------
+
+def loss_measurement_gradient(objective: Objective, batch: dict) -> Tensor:
+    """∇θ L(z_test; θ) for each test example of a prepared batch, shape ``(Q, P)``.
+
+    With it, I(z, L_test) = -∇θL_testᵀ H⁻¹ ∇θL(z) is Koh & Liang's I_up,loss.
+    Cost: Q backward passes.
+    """
+    return torch.stack([
+        torch.func.grad(lambda th, i=i: objective.per_example_loss(th, batch)[i])(objective.theta)
+        for i in range(len(batch["labels"]))
+    ])
+
+
+def saliency_measurement(model: nn.Module, params: ParameterSet, batch: dict, label: int,
+                         token_positions: Sequence[int], *, mode: str = "gradient", target: str = "prob"):
+    """m(θ) = saliency of the tokens ``token_positions`` of one test example for ``label``.
+
+    The measurement of Eq. 5: the (summed) token saliency s(x_t) = Σ_j ∂S_y/∂e_t,j of
+    Sec. 3.1, as a function of the flat θ_S, ``(P,) -> ()``; a word's measurement is the sum of
+    its word pieces' saliencies. ``batch`` holds one example (tensors ``(1, L)``).
+    """
+    block = find_embedding_block(model)
+    y = torch.tensor([label])
+    positions = torch.as_tensor(list(token_positions))
+
+    def measure(theta: Tensor) -> Tensor:
+        grad, emb, _ = embedding_gradient(model, batch, y, target=target, params=params.unflatten(theta), block=block)
+        return token_saliency(grad, emb, mode)[0, positions].sum()
+    return measure
+
+
+def saliency_measurement_gradient(model: nn.Module, params: ParameterSet, batch: dict, label: int,
+                                  token_positions: Sequence[int], **kwargs) -> Tensor:
+    """∇θ w_y(e) of Eq. 5, shape ``(P,)``: gradient of :func:`saliency_measurement`.
+
+    Cost: one forward, one backward and one double-backward pass of the full model.
+    """
+    measure = saliency_measurement(model, params, batch, label, token_positions, **kwargs)
+    return torch.func.grad(measure)(params.flat())
+
+
+# ---------------------------------------------------------------------------------------------
+# s_test
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class SolverOptions:
+    """How to solve (H + λI) s = ∇θ m (App. B).
+
+    ``solver``: ``"lissa"`` (the paper), ``"cg"`` or ``"exact"`` (references). ``damping`` λ and
+    ``scale`` σ: ``None`` = chosen from power-iteration estimates of H's extreme eigenvalues
+    (:func:`~hf_pairdots.ihvp.auto_damping_scale`); ``min_damping`` is the smallest λ used then.
+    ``depth``/``repeat``/``seed``/``batch_size`` (examples per stochastic HVP): LiSSA.
+    ``cg_tol``/``cg_max_iter``: CG.
+    """
+
+    solver: str = "lissa"
+    damping: float | None = None
+    scale: float | None = None
+    min_damping: float = 0.01
+    depth: int = 300
+    repeat: int = 1
+    batch_size: int = 256
+    seed: int = 0
+    power_iters: int = 20
+    cg_tol: float = 1e-4
+    cg_max_iter: int = 300
+
+    def __post_init__(self):
+        if self.solver not in ("lissa", "cg", "exact"):
+            raise ValueError(f"solver={self.solver!r}: use 'lissa', 'cg' or 'exact'")
+        if self.depth < 1 or self.repeat < 1:
+            raise ValueError(f"depth and repeat must be >= 1, got depth={self.depth}, repeat={self.repeat}")
+        for name in ("damping", "scale"):
+            value = getattr(self, name)
+            if value is not None and value < 0 or (name == "scale" and value == 0):
+                raise ValueError(f"{name}={value} must be positive (or None for automatic)")
+
+
+def compute_s_test(objective: Objective, data: PreparedData, v: Tensor, options: SolverOptions | None = None) -> ihvp.IHVPResult:
+    """s_test = (H + λI)⁻¹ v for ``v`` of shape ``(Q, P)`` (rows: ∇θ m of Q measurements).
+
+    Returns an :class:`~hf_pairdots.ihvp.IHVPResult` whose diagnostics include the eigenvalue
+    estimates, λ, σ and the relative residual per query. Cost: LiSSA depth x repeat mini-batch
+    HVPs (Q vectors each) + 2 x power_iters full-data HVPs; CG up to cg_max_iter full-data HVPs.
+    """
+    options = options or SolverOptions()
+    full = full_hvp(objective, data)
+    numel = objective.params.numel
+    gen = torch.Generator().manual_seed(options.seed)
+    damping, scale, extra = options.damping, options.scale, {}
+    if damping is None:
+        lo, hi = ihvp.extreme_eigenvalues(full, numel, iters=options.power_iters, seed=options.seed)
+        damping = ihvp.auto_damping_scale(lo, hi, damping=options.min_damping)[0]
+        extra = {"lambda_min": lo, "lambda_max": hi}
+    if options.solver == "lissa" and scale is None:
+        # The recursion multiplies by mini-batch Hessians, whose spectra are wider than the
+        # full-data one: take the largest top eigenvalue seen over a few sampled mini-batches.
+        tops = [ihvp.extreme_eigenvalues(lambda u, b=data.sample(gen, options.batch_size): _mean_hvp(objective, b, u),
+                                         numel, iters=options.power_iters, seed=options.seed + k)[1]
+                for k in range(3)]
+        scale = ihvp.auto_damping_scale(0.0, max(tops), damping=damping)[1]
+        extra["lambda_max_minibatch"] = max(tops)
+    if options.solver == "lissa":
+        result = ihvp.lissa(lambda h, t: _mean_hvp(objective, data.sample(gen, options.batch_size), h), v,
+                            damping=damping, scale=scale, depth=options.depth, repeat=options.repeat)
+    elif options.solver == "cg":
+        result = ihvp.conjugate_gradient(full, v, damping=damping, tol=options.cg_tol, max_iter=options.cg_max_iter)
+    else:
+        result = ihvp.exact_solve(ihvp.explicit_hessian(full, objective.params.numel), v, damping=damping)
+    result.diagnostics.update(extra)
+    result.diagnostics["relative_residual"] = ihvp.relative_residual(full, result.x, v, damping)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Training-side scores (streamed; never an n x P matrix)
+# ---------------------------------------------------------------------------------------------
+
+def _loss_directional(objective: Objective, batch: dict, s_test: Tensor) -> Tensor:
+    """``(Q, B)``: ∇θL(z_i)ᵀ s_q for the examples of a prepared batch."""
+    def losses(theta):
+        return objective.per_example_loss(theta, batch)
+    if objective.vectorized:
+        return directional_derivatives(losses, objective.theta, s_test)
+    return torch.stack([directional_derivatives(losses, objective.theta, s) for s in s_test])
+
+
+def train_influence(objective: Objective, data: PreparedData, s_test: Tensor) -> Tensor:
+    """I(z_i, m_q) for every training example (Eq. 4 chained with m; Eq. 5 for saliency).
+
+    Args:
+        s_test: ``(Q, P)``.
+
+    Returns:
+        ``(Q, n)`` influence scores in the order of the texts given to :func:`prepare_data`.
+        Cost: one forward-mode pass over the prepared data per query (vectorised over Q for the
+        cached top); memory: one batch at a time (case C12).
+    """
+    out = torch.empty(s_test.shape[0], data.size)
+    for batch in data.batches:
+        with torch.no_grad():
+            out[:, batch["index"]] = -_loss_directional(objective, batch, s_test)
+    return out
+
+
+def train_influence_by_gradients(objective: Objective, data: PreparedData, s_test: Tensor) -> Tensor:
+    """The same scores as :func:`train_influence` by explicit per-example gradients (reference).
+
+    Cost: one backward pass per training example; used in tests to check the JVP route.
+    """
+    out = torch.empty(s_test.shape[0], data.size)
+    for batch in data.batches:
+        for j, index in enumerate(batch["index"].tolist()):
+            g = torch.func.grad(lambda th: objective.per_example_loss(th, batch)[j])(objective.theta)
+            out[:, index] = -(s_test @ g)
+    return out
+
+
+def example_influence(objective: Objective, tokenizer, texts: Sequence[str], labels: Sequence[int],
+                      s_test: Tensor, *, max_length: int = 128, inputs_embeds: Tensor | None = None) -> Tensor:
+    """I(z, m_q) for a handful of (possibly perturbed) examples given as texts, ``(Q, len(texts))``."""
+    batch = tokenize(tokenizer, texts, labels, max_length)
+    if inputs_embeds is not None:
+        batch["inputs_embeds"] = inputs_embeds
+        del batch["input_ids"]
+    with torch.no_grad():
+        return -_loss_directional(objective, objective.prepare(batch), s_test)
+
+
+def perturbation_influence(objective: Objective, tokenizer, text: str, label: int, variants: Sequence[str],
+                           s_test: Tensor, *, max_length: int = 128) -> Tensor:
+    """I(z, z̃, m) = I(z̃, m) - I(z, m) for each perturbed text z̃ of z (Eq. 6-7), ``(Q, V)``.
+
+    The perturbed example keeps z's label. Positive: replacing z by z̃ raises m.
+    Cost: one forward-mode pass over V + 1 examples.
+    """
+    scores = example_influence(objective, tokenizer, [text, *variants], [label] * (len(variants) + 1),
+                               s_test, max_length=max_length)
+    return scores[:, 1:] - scores[:, :1]
+
+
+ERASERS = ("unk", "mask", "zero")
+
+
+def erased_variants(tokenizer, text: str, eraser: str = "unk") -> list[str]:
+    """The texts z̃(t, UNK) of Eq. 8: each whitespace word replaced by the tokenizer's UNK
+    (``"unk"``) or mask (``"mask"``) token. Tokenizers without that token raise ``ValueError``
+    naming the alternatives (case C22); ``"zero"`` needs no token (see :func:`word_influence`)."""
+    token = {"unk": tokenizer.unk_token, "mask": tokenizer.mask_token}.get(eraser)
+    if token is None:
+        raise ValueError(f"eraser={eraser!r}: the tokenizer has no such token; use one of "
+                         f"{[e for e in ERASERS if e == 'zero' or getattr(tokenizer, e + '_token', None)]}")
+    words = text.split()
+    return [" ".join(words[:t] + [token] + words[t + 1:]) for t in range(len(words))]
+
+
+def word_influence(objective: Objective, tokenizer, text: str, label: int, s_test: Tensor, *,
+                   eraser: str = "unk", max_length: int = 128) -> Tensor:
+    """I(x_t, m) = I(z, m) - I(z̃(t, UNK), m) for each whitespace word x_t of z (Eq. 8), ``(Q, W)``.
+
+    ``eraser``: ``"unk"`` (the paper), ``"mask"``, or ``"zero"`` (the word's word-piece
+    embeddings set to zero: the paper's footnote 2). Positive: the word's presence raises m.
+    A word past ``max_length`` is not in the model's input, so its score is exactly 0; callers
+    report such words as not scored. Cost: one forward-mode pass over W + 1 examples.
+    """
+    words = text.split()
+    if eraser == "zero":
+        scores = example_influence(objective, tokenizer, [text] * (len(words) + 1), [label] * (len(words) + 1),
+                                   s_test, max_length=max_length,
+                                   inputs_embeds=_zeroed_embeddings(objective.model, tokenizer, words, max_length))
+    else:
+        variants = erased_variants(tokenizer, text, eraser)
+        scores = example_influence(objective, tokenizer, [text, *variants], [label] * (len(words) + 1),
+                                   s_test, max_length=max_length)
+    return scores[:, :1] - scores[:, 1:]
+
+
+def _zeroed_embeddings(model: nn.Module, tokenizer, words: list[str], max_length: int) -> Tensor:
+    enc = tokenizer([words] * (len(words) + 1), is_split_into_words=True, truncation=True,
+                    max_length=max_length, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        emb = model.get_input_embeddings()(enc["input_ids"]).clone()
+    ids = enc.word_ids(0)
+    for t in range(len(words)):
+        emb[t + 1, [p for p, w in enumerate(ids) if w == t]] = 0.0
+    return emb

@@ -1,0 +1,265 @@
+"""Embedding-gradient saliency of a test example (Sec. 3.1, Eq. 1-2) and its word aggregation.
+
+For label y with score S_y (by default the probability, as in the paper) the token saliency is
+
+    s(x_t) = Σ_j w_y(e_t)_j,   w_y(e_t) = ∂S_y / ∂e_t          (Eq. 2 and the sum below it)
+
+where e_t is the token's vector **at the encoder's input**, i.e. the output of the embedding
+block. (At the raw word-embedding lookup of a BERT-family model the sum is identically zero:
+the block ends in LayerNorm, which ignores a constant added to every dimension.) Alternatives:
+``grad_x_input`` = Σ_j e_t,j ∂S_y/∂e_t,j and ``l2`` = ||∂S_y/∂e_t||₂ (a magnitude, never negative).
+``gradient`` and ``grad_x_input`` are **signed**: positive means raising the token's embedding
+along the all-ones direction (resp. scaling it up) raises S_y (case C16).
+
+Word pieces are summed into whitespace words with the tokenizer's ``word_ids``; special tokens
+([CLS], [SEP], padding) have no word and are never scored (cases C17, C18). Words past the
+model's maximum length are reported as not scored (``None``), not as zero (case C20).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+MODES = ("gradient", "grad_x_input", "l2")
+TARGETS = ("prob", "logprob", "margin")
+
+
+class SaliencyError(RuntimeError):
+    """Saliency cannot be computed for this model (no embedding layer could be found)."""
+
+
+def find_embedding_block(model: nn.Module, module_name: str | None = None) -> nn.Module:
+    """The module whose output is the encoder's input (where e_t lives).
+
+    Looks for, in order: ``module_name`` (a dotted name) if given; ``<base model>.embeddings``
+    (BERT, RoBERTa, ELECTRA, DistilBERT, ...); ``model.get_input_embeddings()``; the first
+    ``nn.Embedding``.
+
+    Raises:
+        SaliencyError: none of these exists (case C14).
+    """
+    if module_name is not None:
+        return model.get_submodule(module_name)
+    base = getattr(model, "get_base_model", lambda: model)()
+    base = getattr(base, getattr(base, "base_model_prefix", ""), base)
+    block = getattr(base, "embeddings", None)
+    if isinstance(block, nn.Module):
+        return block
+    getter = getattr(model, "get_input_embeddings", None)
+    found = getter() if callable(getter) else None
+    if found is None:
+        found = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    if found is None:
+        raise SaliencyError(
+            f"{type(model).__name__} has no embedding block, no get_input_embeddings() and no "
+            "nn.Embedding: saliency is impossible; pass embedding_module='<dotted name>'"
+        )
+    return found
+
+
+class _Perturbation:
+    """Forward hook that adds ``delta`` to the embedding block's output and records the output."""
+
+    def __init__(self, block: nn.Module):
+        self.block = block
+        self.delta: Tensor | None = None
+        self.embeddings: Tensor | None = None
+
+    def __enter__(self):
+        self.handle = self.block.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+        self.delta = self.embeddings = None
+
+    def _hook(self, module, inputs, output):
+        self.embeddings = output
+        return output if self.delta is None else output + self.delta
+
+
+def label_score(logits: Tensor, labels: Tensor, target: str = "prob") -> Tensor:
+    """S_y per example, shape ``(B,)``: probability (paper), log-probability, or logit margin."""
+    logits = logits.float()
+    if target == "prob":
+        return logits.softmax(-1).gather(1, labels[:, None])[:, 0]
+    if target == "logprob":
+        return logits.log_softmax(-1).gather(1, labels[:, None])[:, 0]
+    if target == "margin":
+        own = logits.gather(1, labels[:, None])[:, 0]
+        others = logits.scatter(1, labels[:, None], float("-inf")).amax(-1)
+        return own - others
+    raise ValueError(f"target={target!r}: use one of {TARGETS}")
+
+
+def model_inputs(batch: dict) -> dict:
+    """The keys of a tokenised batch that the model's forward takes (labels dropped)."""
+    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids", "inputs_embeds")}
+
+
+def embedding_gradient(model: nn.Module, batch: dict, labels: Tensor, *, target: str = "prob",
+                       params: dict[str, Tensor] | None = None, block: nn.Module | None = None):
+    """w_y(e) = ∂S_y/∂e for every token of a batch (Eq. 2), functionally in ``params``.
+
+    Args:
+        model: classifier in eval mode.
+        batch: tokenised inputs, tensors of shape ``(B, L)``.
+        labels: ``(B,)`` label y per example.
+        target: S_y, see :func:`label_score`.
+        params: optional ``{name: tensor}`` replacing model parameters (``torch.func`` style), so
+            the result can be differentiated again with respect to them (Eq. 5).
+        block: the embedding block (default :func:`find_embedding_block`).
+
+    Returns:
+        ``(grad, embeddings, scores)``: ``(B, L, H)`` gradient, ``(B, L, H)`` embeddings e,
+        ``(B,)`` S_y. Examples are independent (eval mode), so one backward serves the batch.
+    """
+    block = block or find_embedding_block(model)
+    inputs = model_inputs(batch)
+
+    def total_score(delta):
+        perturb.delta = delta
+        logits = torch.func.functional_call(model, params or {}, args=(), kwargs=inputs, strict=False).logits
+        scores = label_score(logits, labels, target)
+        return scores.sum(), (scores, perturb.embeddings)
+
+    with _Perturbation(block) as perturb:
+        zeros = torch.zeros((*labels.shape, _sequence_length(inputs), _embedding_dim(model)), device=labels.device)
+        grad, (scores, embeddings) = torch.func.grad(total_score, has_aux=True)(zeros)
+    return grad, embeddings, scores
+
+
+def _sequence_length(inputs: dict) -> int:
+    key = "input_ids" if "input_ids" in inputs else "inputs_embeds"
+    return inputs[key].shape[1]
+
+
+def _embedding_dim(model: nn.Module) -> int:
+    config = model.config
+    return getattr(config, "embedding_size", None) or config.hidden_size
+
+
+def token_saliency(grad: Tensor, embeddings: Tensor, mode: str = "gradient") -> Tensor:
+    """Reduce ``(..., L, H)`` embedding gradients to ``(..., L)`` token scores.
+
+    ``gradient``: Σ_j ∂S_y/∂e_t,j (the paper); ``grad_x_input``: Σ_j e_t,j ∂S_y/∂e_t,j;
+    ``l2``: ||∂S_y/∂e_t||₂. Units: change of S_y per unit change of the embedding.
+    """
+    if mode == "gradient":
+        return grad.sum(-1)
+    if mode == "grad_x_input":
+        return (grad * embeddings).sum(-1)
+    if mode == "l2":
+        return grad.norm(dim=-1)
+    raise ValueError(f"mode={mode!r}: use one of {MODES}")
+
+
+def word_scores(token_scores: Sequence[float], word_ids: Sequence[int | None], num_words: int) -> list[float | None]:
+    """Sum word-piece scores into whitespace words (case C18).
+
+    Args:
+        token_scores: one score per token position.
+        word_ids: the tokenizer's ``word_ids()`` for the same positions (``None`` for special
+            tokens and padding, which are dropped: case C17).
+        num_words: number of whitespace words of the text.
+
+    Returns:
+        One entry per word; ``None`` for words that have no token (cut off by truncation, C20).
+    """
+    scores: list[float | None] = [None] * num_words
+    for score, w in zip(token_scores, word_ids):
+        if w is not None:
+            scores[w] = float(score) + (scores[w] or 0.0)
+    return scores
+
+
+@dataclass
+class WordSaliency:
+    """Saliency of one text for one label.
+
+    Attributes:
+        words: the text's whitespace words.
+        scores: one score per word (``None`` = not scored, past the maximum length).
+        label: the label y.
+        probability: S_y as a probability, reported next to every saliency.
+    """
+
+    words: list[str]
+    scores: list[float | None]
+    label: int
+    probability: float
+
+    @property
+    def most_salient(self) -> int:
+        """Index of the word with the largest score (signed; special tokens never count)."""
+        scored = [(s, i) for i, s in enumerate(self.scores) if s is not None]
+        if not scored:
+            raise ValueError("no word of this text was scored")
+        return max(scored)[1]
+
+
+def encode_words(tokenizer, texts: Sequence[str], max_length: int | None = None):
+    """Tokenise whitespace-split texts so that ``word_ids`` index the whitespace words.
+
+    Returns:
+        ``(encoding, words, truncated)``: a padded ``BatchEncoding`` of torch tensors, the word
+        lists, and per text the number of words lost to truncation.
+
+    Raises:
+        ValueError: a text is empty or whitespace only.
+    """
+    words = [t.split() for t in texts]
+    for i, w in enumerate(words):
+        if not w:
+            raise ValueError(f"text {i} is empty or whitespace only: nothing to score")
+    max_length = max_length or min(tokenizer.model_max_length, 512)
+    enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
+                    padding=True, return_tensors="pt")
+    truncated = []
+    for i, w in enumerate(words):
+        kept = {j for j in enc.word_ids(i) if j is not None}
+        truncated.append(len(w) - len(kept))
+    return enc, words, truncated
+
+
+def saliency(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence[int], *,
+             mode: str = "gradient", target: str = "prob", max_length: int | None = None) -> list[WordSaliency]:
+    """Word saliency of each text for its label (Sec. 3.1).
+
+    Args:
+        model: classifier in eval mode, float32.
+        tokenizer: its tokenizer.
+        texts: the texts; whitespace defines the words.
+        labels: the label y to explain for each text.
+        mode, target: see :func:`token_saliency` and :func:`label_score`.
+        max_length: truncation length in tokens (default: the model's maximum).
+
+    Returns:
+        One :class:`WordSaliency` per text. Cost: one forward and one backward pass per batch.
+    """
+    enc, words, _ = encode_words(tokenizer, texts, max_length)
+    y = torch.as_tensor(list(labels))
+    _check_labels(model, y)
+    grad, emb, scores = embedding_gradient(model, dict(enc), y, target=target)
+    per_token = token_saliency(grad, emb, mode).detach()
+    probs = label_score(_logits_no_grad(model, enc), y, "prob")
+    return [
+        WordSaliency(w, word_scores(per_token[i].tolist(), enc.word_ids(i), len(w)), int(y[i]), float(probs[i]))
+        for i, w in enumerate(words)
+    ]
+
+
+def _logits_no_grad(model: nn.Module, enc) -> Tensor:
+    with torch.no_grad():
+        return model(**model_inputs(dict(enc))).logits
+
+
+def _check_labels(model: nn.Module, labels: Tensor) -> None:
+    k = model.config.num_labels
+    bad = [int(v) for v in labels if not 0 <= int(v) < k]
+    if bad:
+        raise ValueError(f"labels {bad} are outside the model's {k} labels (0..{k - 1})")
