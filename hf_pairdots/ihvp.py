@@ -79,8 +79,11 @@ def lissa(hvp_sample: Callable[[Tensor, int], Tensor], v: Tensor, *, damping: fl
         h = v.clone()
         tail = torch.zeros_like(v)
         for t in range(1, depth + 1):
+            # The HVP runs with grad mode on (an autograd HVP needs its own graph); only its
+            # detached result enters the update, so no history is carried between steps (C03).
+            hv = hvp_sample(h, r * depth + t).detach()
             with torch.no_grad():
-                h = v + h - (hvp_sample(h, r * depth + t).detach() + damping * h) / scale
+                h = v + h - (hv + damping * h) / scale
             if t % check_every == 0 or t == depth:
                 ratio = float((h.norm(dim=1) / v_norm).max())
                 trace.append(ratio)
@@ -115,8 +118,7 @@ def conjugate_gradient(hvp: HVP, v: Tensor, *, damping: float, tol: float = 1e-6
     v_norm = v.norm(dim=1).clamp_min(torch.finfo(v.dtype).tiny)
     it = 0
     for it in range(1, max_iter + 1):
-        with torch.no_grad():
-            ap = hvp(p) + damping * p
+        ap = hvp(p).detach() + damping * p
         curvature = (p * ap).sum(1)
         active = rs.sqrt() / v_norm > tol
         if bool((curvature[active] <= 0).any()):
@@ -187,6 +189,5 @@ def auto_damping_scale(lambda_min: float, lambda_max: float, *, damping: float =
 
 def relative_residual(hvp: HVP, x: Tensor, v: Tensor, damping: float) -> list[float]:
     """||(H + λI) x - v|| / ||v|| per query, with the full-data HVP. Cost: one HVP."""
-    with torch.no_grad():
-        r = hvp(x) + damping * x - v
+    r = hvp(x).detach() + damping * x - v
     return (r.norm(dim=1) / v.norm(dim=1).clamp_min(1e-30)).tolist()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ihvp
+from .arguments import SolverOptions
 from .autograd import ParameterSet, directional_derivatives, hvp, select_parameters
 from .features import TopHead, compute_features, supports_top_head
 from .saliency import (_check_labels, embedding_gradient, encode_words, find_embedding_block, label_score,
@@ -264,73 +266,64 @@ def saliency_measurement_gradient(model: nn.Module, params: ParameterSet, batch:
 # s_test
 # ---------------------------------------------------------------------------------------------
 
-@dataclass
-class SolverOptions:
-    """How to solve (H + λI) s = ∇θ m (App. B).
+def resolve_damping_scale(objective: Objective, data: PreparedData,
+                          options: SolverOptions) -> tuple[SolverOptions, dict]:
+    """Fill in automatic ``damping``/``scale`` from eigenvalue estimates (case C01).
 
-    ``solver``: ``"lissa"`` (the paper), ``"cg"`` or ``"exact"`` (references). ``damping`` λ and
-    ``scale`` σ: ``None`` = chosen from power-iteration estimates of H's extreme eigenvalues
-    (:func:`~hf_pairdots.ihvp.auto_damping_scale`); ``min_damping`` is the smallest λ used then.
-    ``depth``/``repeat``/``seed``/``batch_size`` (examples per stochastic HVP): LiSSA.
-    ``cg_tol``/``cg_max_iter``: CG.
+    λ from the full-data Hessian's smallest eigenvalue; σ from the largest top eigenvalue of three
+    sampled mini-batch Hessians (the recursion multiplies by those, whose spectra are wider).
+    Returns ``(options with both set, eigenvalue estimates)``.
+    Cost: 2 x power_iters full-data HVPs + 3 x power_iters mini-batch HVPs (one vector each).
     """
-
-    solver: str = "lissa"
-    damping: float | None = None
-    scale: float | None = None
-    min_damping: float = 0.01
-    depth: int = 300
-    repeat: int = 1
-    batch_size: int = 256
-    seed: int = 0
-    power_iters: int = 20
-    cg_tol: float = 1e-4
-    cg_max_iter: int = 300
-
-    def __post_init__(self):
-        if self.solver not in ("lissa", "cg", "exact"):
-            raise ValueError(f"solver={self.solver!r}: use 'lissa', 'cg' or 'exact'")
-        if self.depth < 1 or self.repeat < 1:
-            raise ValueError(f"depth and repeat must be >= 1, got depth={self.depth}, repeat={self.repeat}")
-        for name in ("damping", "scale"):
-            value = getattr(self, name)
-            if value is not None and value < 0 or (name == "scale" and value == 0):
-                raise ValueError(f"{name}={value} must be positive (or None for automatic)")
+    numel = objective.params.numel
+    damping, scale = options.damping, options.scale
+    estimates = {}
+    if damping is None:
+        lo, hi = ihvp.extreme_eigenvalues(full_hvp(objective, data), numel, iters=options.power_iters, seed=options.seed)
+        damping = ihvp.auto_damping_scale(lo, hi, damping=options.min_damping)[0]
+        estimates.update(lambda_min=lo, lambda_max=hi)
+    if scale is None and options.solver == "lissa":
+        gen = torch.Generator().manual_seed(options.seed)
+        tops = []
+        for k in range(3):
+            batches = data.sample(gen, options.batch_size)
+            tops.append(ihvp.extreme_eigenvalues(lambda u, b=batches: _mean_hvp(objective, b, u), numel,
+                                                 iters=options.power_iters, seed=options.seed + k)[1])
+        scale = ihvp.auto_damping_scale(0.0, max(tops), damping=damping)[1]
+        estimates["lambda_max_minibatch"] = max(tops)
+    return dataclasses.replace(options, damping=damping, scale=scale), estimates
 
 
-def compute_s_test(objective: Objective, data: PreparedData, v: Tensor, options: SolverOptions | None = None) -> ihvp.IHVPResult:
+def compute_s_test(objective: Objective, data: PreparedData, v: Tensor, options: SolverOptions | None = None,
+                   residual_examples: int = 256) -> ihvp.IHVPResult:
     """s_test = (H + λI)⁻¹ v for ``v`` of shape ``(Q, P)`` (rows: ∇θ m of Q measurements).
 
-    Returns an :class:`~hf_pairdots.ihvp.IHVPResult` whose diagnostics include the eigenvalue
-    estimates, λ, σ and the relative residual per query. Cost: LiSSA depth x repeat mini-batch
-    HVPs (Q vectors each) + 2 x power_iters full-data HVPs; CG up to cg_max_iter full-data HVPs.
+    Returns an :class:`~hf_pairdots.ihvp.IHVPResult` whose diagnostics hold λ, σ, the eigenvalue
+    estimates (when automatic) and, per query, the relative residual ||(H + λI)s - v|| / ||v||
+    measured with the Hessian of ``residual_examples`` sampled training examples (all when
+    the data is smaller). Cost: LiSSA depth x repeat mini-batch HVPs (Q vectors each); CG up to
+    cg_max_iter full-data HVPs; exact P full-data HVPs; plus :func:`resolve_damping_scale`.
     """
     options = options or SolverOptions()
+    estimates = {}
+    if options.damping is None or (options.solver == "lissa" and options.scale is None):
+        options, estimates = resolve_damping_scale(objective, data, options)
     full = full_hvp(objective, data)
-    numel = objective.params.numel
     gen = torch.Generator().manual_seed(options.seed)
-    damping, scale, extra = options.damping, options.scale, {}
-    if damping is None:
-        lo, hi = ihvp.extreme_eigenvalues(full, numel, iters=options.power_iters, seed=options.seed)
-        damping = ihvp.auto_damping_scale(lo, hi, damping=options.min_damping)[0]
-        extra = {"lambda_min": lo, "lambda_max": hi}
-    if options.solver == "lissa" and scale is None:
-        # The recursion multiplies by mini-batch Hessians, whose spectra are wider than the
-        # full-data one: take the largest top eigenvalue seen over a few sampled mini-batches.
-        tops = [ihvp.extreme_eigenvalues(lambda u, b=data.sample(gen, options.batch_size): _mean_hvp(objective, b, u),
-                                         numel, iters=options.power_iters, seed=options.seed + k)[1]
-                for k in range(3)]
-        scale = ihvp.auto_damping_scale(0.0, max(tops), damping=damping)[1]
-        extra["lambda_max_minibatch"] = max(tops)
     if options.solver == "lissa":
         result = ihvp.lissa(lambda h, t: _mean_hvp(objective, data.sample(gen, options.batch_size), h), v,
-                            damping=damping, scale=scale, depth=options.depth, repeat=options.repeat)
+                            damping=options.damping, scale=options.scale, depth=options.depth, repeat=options.repeat)
     elif options.solver == "cg":
-        result = ihvp.conjugate_gradient(full, v, damping=damping, tol=options.cg_tol, max_iter=options.cg_max_iter)
+        result = ihvp.conjugate_gradient(full, v, damping=options.damping, tol=options.cg_tol,
+                                         max_iter=options.cg_max_iter)
     else:
-        result = ihvp.exact_solve(ihvp.explicit_hessian(full, objective.params.numel), v, damping=damping)
-    result.diagnostics.update(extra)
-    result.diagnostics["relative_residual"] = ihvp.relative_residual(full, result.x, v, damping)
+        result = ihvp.exact_solve(ihvp.explicit_hessian(full, objective.params.numel), v, damping=options.damping)
+    result.diagnostics.update(estimates)
+    check = data.sample(torch.Generator().manual_seed(options.seed + 1), residual_examples)
+    result.diagnostics["relative_residual"] = ihvp.relative_residual(
+        lambda u: _mean_hvp(objective, check, u), result.x, v, options.damping)
+    if not torch.isfinite(result.x).all():
+        raise FloatingPointError(f"s_test is not finite ({options.solver}); see the diagnostics: {result.diagnostics}")
     return result
 
 
@@ -358,7 +351,7 @@ def train_influence(objective: Objective, data: PreparedData, s_test: Tensor) ->
         Cost: one forward-mode pass over the prepared data per query (vectorised over Q for the
         cached top); memory: one batch at a time (case C12).
     """
-    out = torch.empty(s_test.shape[0], data.size)
+    out = torch.empty(s_test.shape[0], data.size, dtype=s_test.dtype)
     for batch in data.batches:
         with torch.no_grad():
             out[:, batch["index"]] = -_loss_directional(objective, batch, s_test)
@@ -370,7 +363,7 @@ def train_influence_by_gradients(objective: Objective, data: PreparedData, s_tes
 
     Cost: one backward pass per training example; used in tests to check the JVP route.
     """
-    out = torch.empty(s_test.shape[0], data.size)
+    out = torch.empty(s_test.shape[0], data.size, dtype=s_test.dtype)
     for batch in data.batches:
         for j, index in enumerate(batch["index"].tolist()):
             g = torch.func.grad(lambda th: objective.per_example_loss(th, batch)[j])(objective.theta)

@@ -241,6 +241,9 @@ def saliency(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence
     Returns:
         One :class:`WordSaliency` per text. Cost: one forward and one backward pass per batch.
     """
+    if max_length is None:  # the model's maximum, which may be below the tokenizer's (case C20)
+        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        max_length = min(tokenizer.model_max_length, 512, positions or 512)
     enc, words, _ = encode_words(tokenizer, texts, max_length)
     y = torch.as_tensor(list(labels))
     _check_labels(model, y)

@@ -1,0 +1,160 @@
+"""Options dataclasses: validated on construction, round-trip through JSON.
+
+Every check raises ``ValueError`` with a message that names the argument and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SOLVERS = ("lissa", "cg", "exact")
+QUERY_SETS = ("misclassified", "all", "indices")
+LABEL_ROLES = ("predicted", "gold")
+
+
+class _Serializable:
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path):
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            text = Path(text).read_text()
+        return cls.from_dict(json.loads(text))
+
+
+def _positive(owner: str, **values) -> None:
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            raise ValueError(f"{owner}.{name}={value}: must be > 0")
+
+
+@dataclass
+class SolverOptions(_Serializable):
+    """How to solve (H + λI) s = ∇θ m (App. B).
+
+    Attributes:
+        solver: ``"lissa"`` (the paper), ``"cg"`` or ``"exact"`` (references; exact builds the
+            P x P Hessian, for small parameter sets only).
+        damping: λ; ``None`` = ``min_damping`` plus 1.5 x minus the smallest Hessian eigenvalue
+            (power-iteration estimate), so that H + λI is positive definite.
+        scale: σ of LiSSA; ``None`` = 1.5 x (largest mini-batch eigenvalue + λ), so that the
+            spectrum of (H + λI)/σ lies inside (0, 1).
+        min_damping: smallest λ used when ``damping`` is automatic.
+        depth, repeat: LiSSA recursion steps T and independent runs R (results averaged).
+        batch_size: training examples per stochastic HVP in LiSSA.
+        seed: mini-batch sampling and power-iteration start.
+        power_iters: HVPs per power iteration (eigenvalue estimates).
+        cg_tol, cg_max_iter: CG stopping rule (relative residual, iterations).
+    """
+
+    solver: str = "lissa"
+    damping: float | None = None
+    scale: float | None = None
+    min_damping: float = 0.01
+    depth: int = 200
+    repeat: int = 1
+    batch_size: int = 128
+    seed: int = 0
+    power_iters: int = 20
+    cg_tol: float = 1e-4
+    cg_max_iter: int = 300
+
+    def __post_init__(self):
+        if self.solver not in SOLVERS:
+            raise ValueError(f"SolverOptions.solver={self.solver!r}: use one of {SOLVERS}")
+        _positive("SolverOptions", scale=self.scale, depth=self.depth, repeat=self.repeat,
+                  batch_size=self.batch_size, power_iters=self.power_iters, cg_tol=self.cg_tol,
+                  cg_max_iter=self.cg_max_iter)
+        if self.damping is not None and self.damping < 0:
+            raise ValueError(f"SolverOptions.damping={self.damping}: must be >= 0 (or None for automatic)")
+        if self.min_damping < 0:
+            raise ValueError(f"SolverOptions.min_damping={self.min_damping}: must be >= 0")
+
+
+@dataclass
+class ExplainArguments(_Serializable):
+    """What to explain and how (Sec. 4.1, error analysis).
+
+    Attributes:
+        queries: ``"misclassified"`` (dev errors, the paper's error analysis), ``"all"``, or
+            ``"indices"`` (``query_indices``).
+        query_indices: rows of the query split, with ``queries="indices"``.
+        max_queries: explain at most this many (the first ones, in row order); ``None`` = all.
+        labels: which labels to explain per query: ``"predicted"`` and/or ``"gold"``.
+        top_k: responsible training examples kept per explained label.
+        params: parameter subset θ_S (see :func:`hf_pairdots.autograd.select_parameters`).
+        saliency_mode, saliency_target: see :mod:`hf_pairdots.saliency`.
+        eraser: how Eq. 8 erases a word: ``"unk"``, ``"mask"`` or ``"zero"``.
+        max_length: truncation length in tokens (truncation is reported per query).
+        batch_size: examples per forward pass.
+        output_subdir: sub-folder of the Trainer's ``output_dir`` for the outputs.
+        edit: also propose a WordNet edit of every top-k training example (Sec. 4.2-4.3):
+            ``"fix"`` (gold row: ↑I(z, w_y); predicted row: ↓I(z, w_y'); synonyms and
+            antonyms), ``"attack"`` (gold row: ↓I(z, w_y); predicted row: ↑I(z, w_y');
+            synonyms only), or ``None``.
+        edit_top_k: propose edits for only the first this many of the top-k examples
+            (``None`` = all of them); each edit costs about (1 + T) x max_candidates forward passes.
+        num_sampled, max_candidates, seed: the edit search's T random positions, substitutes
+            per position, and seed (see :mod:`hf_pairdots.augment.search`).
+        solver: :class:`SolverOptions`.
+    """
+
+    queries: str = "misclassified"
+    query_indices: list[int] | None = None
+    max_queries: int | None = 30
+    labels: tuple[str, ...] = LABEL_ROLES
+    top_k: int = 5
+    params: str | list[str] = "top"
+    saliency_mode: str = "gradient"
+    saliency_target: str = "prob"
+    eraser: str = "unk"
+    max_length: int = 128
+    batch_size: int = 64
+    output_subdir: str = "pairdots"
+    edit: str | None = None
+    edit_top_k: int | None = None
+    num_sampled: int = 5
+    max_candidates: int = 20
+    seed: int = 0
+    solver: SolverOptions = field(default_factory=SolverOptions)
+
+    def __post_init__(self):
+        from .saliency import MODES, TARGETS  # local: keep this module import-light
+
+        if isinstance(self.solver, dict):
+            self.solver = SolverOptions.from_dict(self.solver)
+        self.labels = tuple(self.labels)
+        checks = {
+            "queries": (self.queries, QUERY_SETS),
+            "saliency_mode": (self.saliency_mode, MODES),
+            "saliency_target": (self.saliency_target, TARGETS),
+            "eraser": (self.eraser, ("unk", "mask", "zero")),
+            "edit": (self.edit, (None, "fix", "attack")),
+        }
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"ExplainArguments.{name}={value!r}: use one of {allowed}")
+        if not self.labels or any(r not in LABEL_ROLES for r in self.labels):
+            raise ValueError(f"ExplainArguments.labels={self.labels!r}: use a non-empty subset of {LABEL_ROLES}")
+        if self.queries == "indices" and not self.query_indices:
+            raise ValueError("ExplainArguments.query_indices: give the rows to explain when queries='indices'")
+        _positive("ExplainArguments", max_queries=self.max_queries, top_k=self.top_k,
+                  max_length=self.max_length, batch_size=self.batch_size, max_candidates=self.max_candidates,
+                  edit_top_k=self.edit_top_k)
+        if self.num_sampled < 0:
+            raise ValueError(f"ExplainArguments.num_sampled={self.num_sampled}: must be >= 0")

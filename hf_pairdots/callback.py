@@ -1,0 +1,140 @@
+"""PairDotsCallback: explain the dev errors of a ``transformers.Trainer`` when training ends.
+
+Add one line to an existing Trainer::
+
+    trainer = Trainer(model, args, train_dataset=train, eval_dataset=dev, processing_class=tok,
+                      callbacks=[PairDotsCallback(dev, train_dataset=train)])
+
+At ``on_train_end`` (and, with ``on_evaluate=True``, after each evaluation) the callback
+predicts the query split, selects the queries (dev misclassifications by default), and writes
+under ``<output_dir>/<output_subdir>/``: ``explanations.jsonl`` (resumable: finished queries are
+skipped on a rerun), ``explanations/`` (the same as a ``datasets.Dataset``), ``report.html`` and
+``explain_args.json``. It only reads the model (float32 copy for fp16/bf16 training, eval mode,
+mode restored afterwards), changes nothing but ``control``, and writes on the main process only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from .arguments import ExplainArguments
+from .explain import Explainer, Query, predict_proba
+from .influence import influence_mode
+from .report import ExplanationStore, write_dataset, write_report
+
+logger = logging.getLogger(__name__)
+
+
+def select_queries(texts, golds, probs, args: ExplainArguments) -> tuple[list[Query], list[dict]]:
+    """Queries to explain and the rows skipped with their reason.
+
+    Skips empty/whitespace texts and gold labels outside the model's labels (reason given);
+    ``None`` gold (unlabelled data) is kept and only the predicted label is explained.
+    """
+    num_labels = probs.shape[1] if len(probs) else 0
+    chosen, skipped = [], []
+    rows = args.query_indices if args.queries == "indices" else range(len(texts))
+    for i in rows:
+        gold = golds[i]
+        if not texts[i].strip():
+            skipped.append({"index": i, "reason": "empty or whitespace-only text"})
+        elif gold is not None and not 0 <= gold < num_labels:
+            skipped.append({"index": i, "reason": f"label {gold} outside the model's {num_labels} labels"})
+        elif args.queries != "misclassified" or (gold is not None and int(probs[i].argmax()) != gold):
+            chosen.append(Query(i, texts[i], gold))
+    return chosen[:args.max_queries], skipped
+
+
+class PairDotsCallback(TrainerCallback):
+    """Explains dev misclassifications at the end of training (Sec. 4.1, error analysis).
+
+    Args:
+        query_dataset: the split to explain, with ``text`` and (optionally) ``label`` columns.
+        train_dataset: the training set with ``text`` and ``label``; defaults to the Trainer's
+            train dataset when that still has a ``text`` column.
+        tokenizer: defaults to the Trainer's ``processing_class``.
+        args: :class:`~hf_pairdots.arguments.ExplainArguments`.
+        on_evaluate: also explain after every evaluation (into ``<subdir>/step-<N>``).
+
+    Raises:
+        ValueError: a dataset lacks a ``text`` column (in ``__init__``), or, at train end, no
+            training set or tokenizer can be found.
+    """
+
+    def __init__(self, query_dataset, train_dataset=None, tokenizer=None, args: ExplainArguments | None = None,
+                 on_evaluate: bool = False):
+        for name, ds in (("query_dataset", query_dataset), ("train_dataset", train_dataset)):
+            if ds is not None and "text" not in ds.column_names:
+                raise ValueError(f"PairDotsCallback: {name} needs a 'text' column; it has {ds.column_names}")
+        self.query_dataset, self.train_dataset, self.tokenizer = query_dataset, train_dataset, tokenizer
+        self.args = args or ExplainArguments()
+        self.explain_on_evaluate = on_evaluate
+        self.last_summary: dict | None = None
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._run(Path(args.output_dir) / self.args.output_subdir, args, state, kwargs)
+        return control
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.explain_on_evaluate:
+            self._run(Path(args.output_dir) / self.args.output_subdir / f"step-{state.global_step}", args, state, kwargs)
+        return control
+
+    def _run(self, out: Path, train_args, state, kwargs) -> None:
+        if not state.is_world_process_zero:
+            return
+        tokenizer = self.tokenizer or kwargs.get("processing_class")
+        train = self.train_dataset or getattr(kwargs.get("train_dataloader"), "dataset", None)
+        if tokenizer is None:
+            raise ValueError("PairDotsCallback: no tokenizer; pass tokenizer= or Trainer(processing_class=...)")
+        if train is None or "text" not in train.column_names:
+            raise ValueError("PairDotsCallback: the Trainer's train dataset has no 'text' column; pass train_dataset=")
+        with influence_mode(kwargs["model"]) as model:
+            self.last_summary = explain_dataset(model, tokenizer, train, self.query_dataset, self.args, out,
+                                                show_progress=not train_args.disable_tqdm,
+                                                meta={"global_step": state.global_step,
+                                                      "best_model_checkpoint": state.best_model_checkpoint})
+        state.log_history.append({"pairdots/" + k: v for k, v in self.last_summary.items()} | {"step": state.global_step})
+        logger.info("PairDots: %s", self.last_summary)
+
+
+def explain_dataset(model, tokenizer, train, queries_ds, args: ExplainArguments, out: str | Path, *,
+                    chunk_size: int = 8, show_progress: bool = False, meta: dict | None = None) -> dict:
+    """Explain the selected rows of ``queries_ds`` against ``train``, resumably, into ``out``.
+
+    Finished queries (already in ``explanations.jsonl``) are skipped; the rest are explained in
+    chunks of ``chunk_size`` queries, each chunk appended as soon as it is done. Returns a
+    summary: number of queries, skipped rows, mean top-1 influence, seconds.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    args.to_json(out / "explain_args.json")
+    store = ExplanationStore(out)
+    texts = list(queries_ds["text"])
+    golds = list(queries_ds["label"]) if "label" in queries_ds.column_names else [None] * len(texts)
+    nonempty = [i for i, t in enumerate(texts) if t.strip()]
+    probs_nonempty = predict_proba(model, tokenizer, [texts[i] for i in nonempty], batch_size=args.batch_size,
+                                   max_length=args.max_length, show_progress=show_progress)
+    probs = torch.zeros(len(texts), model.config.num_labels)
+    probs[nonempty] = probs_nonempty
+    queries, skipped = select_queries(texts, golds, probs, args)
+    pending = [q for q in queries if q.index not in store.done_indices()]
+    if pending:
+        explainer = Explainer(model, tokenizer, train["text"], train["label"], args, show_progress=show_progress)
+        for begin in range(0, len(pending), chunk_size):
+            for record in explainer.explain(pending[begin:begin + chunk_size]):
+                store.append(record)
+    records = [r for r in store.records() if r["query_index"] in {q.index for q in queries}]
+    write_dataset(records, out / "explanations")
+    top1 = [entry["top_train"][0]["influence"] for r in records for entry in r["labels"] if entry["top_train"]]
+    summary = {"queries": len(records), "skipped": len(skipped),
+               "mean_top1_influence": sum(top1) / len(top1) if top1 else None,
+               "seconds": round(time.perf_counter() - start, 1)}
+    write_report(out, records, {**(meta or {}), **summary, "skipped_rows": skipped, "train_size": len(train)})
+    return summary
