@@ -1,0 +1,364 @@
+"""Inverse-HVP solvers of :mod:`hf_pairdots.ihvp` against problems whose Hessian is known in closed form.
+
+Cases: C01 (LiSSA divergence is detected, never NaN), C03 (no autograd history carried across
+the recursion), C04 (the recursion applies the HVP to the running estimate: LiSSA equals the
+damped exact solve).
+"""
+
+import math
+
+import pytest
+import torch
+
+from hf_pairdots.autograd import hvp
+from hf_pairdots.ihvp import (
+    LissaDivergenceError,
+    auto_damping_scale,
+    conjugate_gradient,
+    exact_solve,
+    explicit_hessian,
+    extreme_eigenvalues,
+    lissa,
+    relative_residual,
+)
+
+P, N, Q = 10, 200, 3
+ALPHA = 0.05  # L2 coefficient inside the per-example loss
+DAMPING = 0.01
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny problems: one intra-op thread is fastest and immune to a busy second core.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _data(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, P, generator=gen, dtype=F64)
+    theta = torch.randn(P, generator=gen, dtype=F64)
+    y_reg = x @ torch.randn(P, generator=gen, dtype=F64) + 0.1 * torch.randn(N, generator=gen, dtype=F64)
+    y_cls = (torch.rand(N, generator=gen, dtype=F64) < torch.sigmoid(x @ theta)).to(F64)
+    v = torch.randn(Q, P, generator=gen, dtype=F64)
+    return x, theta, y_reg, y_cls, v
+
+
+def ridge_problem():
+    """Mean of 1/2 (x_i.θ - y_i)^2 + α/2 ||θ||^2: H = XᵀX/n + αI exactly."""
+    x, theta, y, _, v = _data()
+
+    def loss(th):
+        return (0.5 * (x @ th - y) ** 2).mean() + 0.5 * ALPHA * th @ th
+
+    h = x.T @ x / N + ALPHA * torch.eye(P, dtype=F64)
+    return loss, theta, h, v
+
+
+def logistic_problem():
+    """Mean of the logistic loss + α/2 ||θ||^2: H = Xᵀ diag(p(1-p)) X / n + αI."""
+    x, theta, _, y, v = _data()
+
+    def loss(th):
+        z = x @ th
+        return (torch.nn.functional.softplus(z) - y * z).mean() + 0.5 * ALPHA * th @ th
+
+    p = torch.sigmoid(x @ theta)
+    h = x.T @ (x * (p * (1 - p))[:, None]) / N + ALPHA * torch.eye(P, dtype=F64)
+    return loss, theta, h, v
+
+
+PROBLEMS = {"ridge": ridge_problem, "logistic": logistic_problem}
+
+
+def damped_solution(h, v, damping=DAMPING):
+    return torch.linalg.solve(h + damping * torch.eye(h.shape[0], dtype=h.dtype), v.T).T
+
+
+def rel_err(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def indefinite_matrix(eigenvalues, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues), generator=gen, dtype=F64))
+    return q @ torch.diag(torch.as_tensor(eigenvalues, dtype=F64)) @ q.T
+
+
+# --------------------------------------------------------------------------------------------
+# C04: LiSSA and CG == exact damped solve on closed-form Hessians
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_autograd_hvp_matches_closed_form_hessian(name):
+    """The HVP the solvers are fed is itself right (closed-form H), for Q vectors at once."""
+    loss, theta, h, v = PROBLEMS[name]()
+    assert torch.allclose(hvp(loss, theta, v), v @ h, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(hvp(loss, theta, v[0]), h @ v[0], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", PROBLEMS)
+@pytest.mark.parametrize("factor", [1.2, 3.0])
+def test_C04_lissa_equals_damped_exact_solve(name, factor):
+    """C04: the recursion applies the HVP to the running estimate h_{t-1}; with a deterministic
+    full-batch HVP it converges to (H + λI)⁻¹ v for all Q right-hand sides. σ = factor x λ_max."""
+    loss, theta, h, v = PROBLEMS[name]()
+    scale = factor * float(torch.linalg.eigvalsh(h + DAMPING * torch.eye(P, dtype=F64)).max())
+    result = lissa(lambda vec, step: hvp(loss, theta, vec), v, damping=DAMPING, scale=scale, depth=300)
+    expected = damped_solution(h, v)
+    assert result.x.shape == (Q, P)
+    assert result.x.dtype == F64
+    for q in range(Q):  # every right-hand side, not just the stacked norm
+        assert rel_err(result.x[q], expected[q]) < 1e-6
+    assert max(relative_residual(lambda u: u @ h, result.x, v, DAMPING)) < 1e-6
+    assert result.diagnostics["solver"] == "lissa"
+    assert result.diagnostics["scale"] == scale and result.diagnostics["damping"] == DAMPING
+
+
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_C04_lissa_wrong_vector_would_be_caught(name):
+    """The comparison above is discriminating: H⁻¹v differs from plausible wrong answers
+    (v/σ-free Neumann terms on the original v, undamped solve) by far more than the tolerance."""
+    loss, theta, h, v = PROBLEMS[name]()
+    expected = damped_solution(h, v)
+    # A recursion that multiplies the original v instead of h_{t-1}: h_t = v + h_{t-1} - (H+λ)v/σ.
+    scale, h_wrong = 5.0, v.clone()
+    for _ in range(50):
+        h_wrong = v + h_wrong - (v @ h + DAMPING * v) / scale
+    assert rel_err(h_wrong / scale, expected) > 0.5
+    assert rel_err(damped_solution(h, v, damping=0.0), expected) > 1e-3
+
+
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_C04_conjugate_gradient_equals_damped_exact_solve(name):
+    loss, theta, h, v = PROBLEMS[name]()
+    result = conjugate_gradient(lambda vec: hvp(loss, theta, vec), v, damping=DAMPING, tol=1e-10)
+    expected = damped_solution(h, v)
+    for q in range(Q):
+        assert rel_err(result.x[q], expected[q]) < 1e-8
+    assert result.diagnostics["iterations"] <= 3 * P  # CG on a P-dimensional system
+
+
+def test_lissa_minibatch_hvp_is_close_to_exact():
+    """Stochastic HVPs (ridge Hessian of a random mini-batch of 50 per step) + tail averaging +
+    repeats: an unbiased estimate close to the exact solve (loose tolerance: it is noisy)."""
+    x, _, _, _, v = _data()
+    h = x.T @ x / N + ALPHA * torch.eye(P, dtype=F64)
+
+    def sample(vec, step):
+        rows = torch.randperm(N, generator=torch.Generator().manual_seed(step))[:50]
+        xb = x[rows]
+        return vec @ (xb.T @ xb / 50 + ALPHA * torch.eye(P, dtype=F64))
+
+    result = lissa(sample, v, damping=DAMPING, scale=8.0, depth=400, repeat=2)
+    assert rel_err(result.x, damped_solution(h, v)) < 0.1
+
+
+# --------------------------------------------------------------------------------------------
+# Regression: the final division by `scale`
+# --------------------------------------------------------------------------------------------
+
+def test_lissa_divides_by_scale():
+    """h_T converges to σ (H + λI)⁻¹ v; the returned x must be h_T/σ. With σ = 5, a solver that
+    forgot the division returns 5x the solution and fails here."""
+    loss, theta, h, v = ridge_problem()
+    expected = damped_solution(h, v)
+    x5 = lissa(lambda vec, step: vec @ h, v, damping=DAMPING, scale=5.0, depth=600).x
+    x20 = lissa(lambda vec, step: vec @ h, v, damping=DAMPING, scale=20.0, depth=2500).x
+    assert rel_err(x5, expected) < 1e-6
+    assert rel_err(x20, expected) < 1e-6  # independent of σ
+    assert rel_err(5.0 * expected, x5) > 0.7
+    # Scalar identity on H = I: the answer is v / (1 + λ), whatever the scale.
+    v1 = torch.ones(1, 4, dtype=F64)
+    x = lissa(lambda vec, step: vec, v1, damping=1.0, scale=5.0, depth=400).x
+    assert torch.allclose(x, v1 / 2.0, rtol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------
+# C01: divergence is detected with a message that names scale and damping; never NaN
+# --------------------------------------------------------------------------------------------
+
+def _assert_names_knobs(err: LissaDivergenceError, scale, damping):
+    msg = str(err)
+    assert "scale" in msg and "damping" in msg
+    assert f"{scale:g}" in msg and f"{damping:g}" in msg
+
+
+def test_C01_scale_too_small_raises():
+    """λ_max(H + λI) ≈ 1.4 > 2σ with σ = 0.5: the iterates oscillate and grow."""
+    loss, theta, h, v = ridge_problem()
+    with pytest.raises(LissaDivergenceError) as info:
+        lissa(lambda vec, step: hvp(loss, theta, vec), v, damping=DAMPING, scale=0.5, depth=200)
+    _assert_names_knobs(info.value, 0.5, DAMPING)
+
+
+def test_C01_koh_thread_setup_raises_early():
+    """C01's report: top eigenvalue (100) far above a default scale (10), damping 0.01: growth
+    ~9^t. It must stop at the first check (step 10), long before overflow to NaN (depth 300)."""
+    a = indefinite_matrix([100.0, 5, 3, 2, 1, 0.5, 0.3, 0.2, 0.1, 0.05])
+    v = torch.ones(Q, P, dtype=F64)
+    with pytest.raises(LissaDivergenceError, match="step 10 ") as info:
+        lissa(lambda vec, step: vec @ a, v, damping=0.01, scale=10.0, depth=300)
+    _assert_names_knobs(info.value, 10.0, 0.01)
+
+
+def test_C01_indefinite_hessian_too_little_damping_raises():
+    """Indefinite H (λ_min = -1) with damping 0.01: (H + λI)/σ has a negative eigenvalue and the
+    recursion grows like (1 + 0.99/σ)^t in that direction."""
+    a = indefinite_matrix([-1.0, -0.5, 0.1, 0.3, 0.6, 1.0, 1.4, 1.8, 2.4, 3.0])
+    v = torch.randn(Q, P, generator=torch.Generator().manual_seed(3), dtype=F64)
+    with pytest.raises(LissaDivergenceError) as info:
+        lissa(lambda vec, step: vec @ a, v, damping=0.01, scale=5.0, depth=500)
+    _assert_names_knobs(info.value, 5.0, 0.01)
+    # CG refuses the same system too (non-positive curvature), naming damping.
+    with pytest.raises(ValueError, match="damping"):
+        conjugate_gradient(lambda vec: vec @ a, v, damping=0.01)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_C01_non_finite_hvp_never_returns_nan(bad):
+    """An HVP that produces NaN/inf (overflowing model) raises instead of returning NaN."""
+    v = torch.ones(2, 4, dtype=F64)
+    with pytest.raises(LissaDivergenceError):
+        lissa(lambda vec, step: vec * bad, v, damping=0.01, scale=10.0, depth=5)
+    # NaN on the last step only (depth not a multiple of check_every): still caught.
+    with pytest.raises(LissaDivergenceError):
+        lissa(lambda vec, step: vec * (bad if step == 13 else 1.0), v, damping=0.01, scale=10.0, depth=13)
+
+
+def test_lissa_rejects_bad_arguments():
+    v = torch.ones(1, 3)
+    for kwargs in (dict(scale=0.0), dict(scale=-1.0), dict(damping=-0.1), dict(depth=0), dict(repeat=0)):
+        args = dict(damping=0.01, scale=1.0, depth=5, repeat=1) | kwargs
+        with pytest.raises(ValueError):
+            lissa(lambda vec, step: vec, v, **args)
+
+
+# --------------------------------------------------------------------------------------------
+# C03: no autograd history carried across steps, and detaching does not change the numbers
+# --------------------------------------------------------------------------------------------
+
+def _autograd_hvp(loss, theta):
+    """A plain torch.autograd HVP that *keeps* its graph (create_graph=True on both passes):
+    its outputs carry grad_fn, so LiSSA must detach them itself."""
+    def product(vec, step=None):
+        th = theta.detach().clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(loss(th), th, create_graph=True)
+        return torch.stack([torch.autograd.grad(g @ row, th, create_graph=True)[0] for row in vec])
+    return product
+
+
+def test_C03_carried_estimate_has_no_history_with_autograd_hvp():
+    loss, theta, h, v = ridge_problem()
+    product = _autograd_hvp(loss, theta)
+    assert product(v).grad_fn is not None  # the HVP output really carries a graph
+    seen = []
+
+    def sample(vec, step):
+        seen.append((vec.requires_grad, vec.grad_fn))
+        return product(vec)
+
+    result = lissa(sample, v, damping=DAMPING, scale=5.0, depth=300)
+    assert len(seen) == 300
+    assert all(req is False and fn is None for req, fn in seen)  # every carried h_{t-1}
+    assert result.x.requires_grad is False and result.x.grad_fn is None
+    assert rel_err(result.x, damped_solution(h, v)) < 1e-6
+    # CG and the residual accept the same autograd HVP and return plain tensors too.
+    cg = conjugate_gradient(lambda vec: product(vec), v, damping=DAMPING, tol=1e-10)
+    assert cg.x.grad_fn is None and rel_err(cg.x, damped_solution(h, v)) < 1e-8
+    assert max(relative_residual(lambda vec: product(vec), cg.x, v, DAMPING)) < 1e-8
+
+
+def test_C03_detaching_does_not_change_numbers():
+    """Short-depth reference that keeps the whole graph (h_t differentiable through all steps)
+    equals LiSSA's detached recursion to round-off; x = h_T/σ with tail_fraction → 0."""
+    loss, theta, h, v = logistic_problem()
+    product = _autograd_hvp(loss, theta)
+    depth, scale = 8, 5.0
+    ref = v.clone().requires_grad_(True)
+    h_ref = ref
+    for _ in range(depth):
+        h_ref = ref + h_ref - (product(h_ref) + DAMPING * h_ref) / scale
+    assert h_ref.grad_fn is not None
+    result = lissa(lambda vec, step: product(vec), v, damping=DAMPING, scale=scale, depth=depth,
+                   tail_fraction=1e-9)
+    assert torch.allclose(result.x, h_ref.detach() / scale, rtol=1e-12, atol=1e-14)
+    # ... and equals the closed-form truncated Neumann series σ⁻¹ Σ_{k≤T} (I - (H+λI)/σ)^k v.
+    m = torch.eye(P, dtype=F64) - (h + DAMPING * torch.eye(P, dtype=F64)) / scale
+    term, series = v.clone(), v.clone()
+    for _ in range(depth):
+        term = term @ m
+        series = series + term
+    assert torch.allclose(result.x, series / scale, rtol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------
+# Eigenvalue estimates and automatic damping/scale
+# --------------------------------------------------------------------------------------------
+
+EIGS = [-1.0, -0.5, 0.1, 0.3, 0.6, 1.0, 1.4, 1.8, 2.4, 3.0]
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_extreme_eigenvalues_known_matrix(sign):
+    """Power iteration on H and on λ_max I - H recovers both extremes, also when the dominant
+    eigenvalue is negative (sign = -1: spectrum [-3, 1])."""
+    a = sign * indefinite_matrix(EIGS)
+    exact = torch.linalg.eigvalsh(a)
+    lo, hi = extreme_eigenvalues(lambda u: u.to(F64) @ a, P, iters=200)
+    assert lo == pytest.approx(float(exact[0]), abs=1e-6)
+    assert hi == pytest.approx(float(exact[-1]), abs=1e-6)
+    # Few iterations approach the extremes from inside the spectrum (callers add a margin).
+    lo20, hi20 = extreme_eigenvalues(lambda u: u.to(F64) @ a, P, iters=20)
+    assert float(exact[0]) - 1e-6 <= lo20 <= hi20 <= float(exact[-1]) + 1e-6
+
+
+def test_auto_damping_scale_puts_spectrum_in_unit_interval():
+    a = indefinite_matrix(EIGS)
+    lo, hi = extreme_eigenvalues(lambda u: u.to(F64) @ a, P, iters=50)
+    damping, scale = auto_damping_scale(lo, hi)
+    assert damping > 1.0  # lifts λ_min = -1
+    spectrum = torch.linalg.eigvalsh((a + damping * torch.eye(P, dtype=F64)) / scale)
+    assert float(spectrum.min()) > 0 and float(spectrum.max()) < 1
+    # ... so LiSSA with these knobs converges to the damped solve of the indefinite system.
+    v = torch.randn(Q, P, generator=torch.Generator().manual_seed(5), dtype=F64)
+    x = lissa(lambda vec, step: vec @ a, v, damping=damping, scale=scale, depth=600).x
+    assert rel_err(x, damped_solution(a, v, damping)) < 1e-6
+    # Positive definite input: damping stays the floor, top eigenvalue below 1.
+    d2, s2 = auto_damping_scale(0.5, 4.0, damping=0.01)
+    assert d2 == 0.01 and (4.0 + d2) / s2 < 1
+
+
+# --------------------------------------------------------------------------------------------
+# exact_solve with explicit_hessian
+# --------------------------------------------------------------------------------------------
+
+def test_exact_solve_with_explicit_hessian_of_quadratic():
+    """f(θ) = 1/2 θᵀAθ + bᵀθ has Hessian A everywhere; explicit_hessian rebuilds it column by
+    column from HVPs (chunk < P exercises the chunking) and exact_solve matches linalg.solve."""
+    gen = torch.Generator().manual_seed(7)
+    m = torch.randn(P, P, generator=gen, dtype=F64)
+    a = m @ m.T / P + 0.1 * torch.eye(P, dtype=F64)
+    b = torch.randn(P, generator=gen, dtype=F64)
+    theta = torch.randn(P, generator=gen, dtype=F64)
+
+    def f(th):
+        return 0.5 * th @ a @ th + b @ th
+
+    # explicit_hessian builds float32 unit vectors; cast them for this float64 quadratic.
+    hess = explicit_hessian(lambda u: hvp(f, theta, u.to(F64)), P, chunk=4)
+    assert hess.shape == (P, P)
+    assert torch.allclose(hess.to(F64), a, rtol=1e-10, atol=1e-12)
+    v = torch.randn(Q, P, generator=gen, dtype=F64)
+    result = exact_solve(hess, v, damping=0.3)
+    assert result.x.dtype == F64 and result.x.shape == (Q, P)
+    assert torch.allclose(result.x, damped_solution(a, v, 0.3), rtol=1e-10)
+    assert result.diagnostics == {"solver": "exact", "damping": 0.3}
+    # Float32 right-hand sides come back float32 but are solved in float64.
+    x32 = exact_solve(hess.float(), v.float(), damping=0.3).x
+    assert x32.dtype == torch.float32
+    assert rel_err(x32.double(), damped_solution(a, v, 0.3)) < 1e-5
+    assert math.isfinite(float(x32.sum()))
