@@ -94,11 +94,10 @@ class PairDotsCallback(TrainerCallback):
             raise ValueError("PairDotsCallback: no tokenizer; pass tokenizer= or Trainer(processing_class=...)")
         if train is None or "text" not in train.column_names:
             raise ValueError("PairDotsCallback: the Trainer's train dataset has no 'text' column; pass train_dataset=")
-        with influence_mode(kwargs["model"]) as model:
-            self.last_summary = explain_dataset(model, tokenizer, train, self.query_dataset, self.args, out,
-                                                show_progress=not train_args.disable_tqdm,
-                                                meta={"global_step": state.global_step,
-                                                      "best_model_checkpoint": state.best_model_checkpoint})
+        self.last_summary = explain_dataset(kwargs["model"], tokenizer, train, self.query_dataset, self.args, out,
+                                            show_progress=not train_args.disable_tqdm,
+                                            meta={"global_step": state.global_step,
+                                                  "best_model_checkpoint": state.best_model_checkpoint})
         state.log_history.append({"pairdots/" + k: v for k, v in self.last_summary.items()} | {"step": state.global_step})
         logger.info("PairDots: %s", self.last_summary)
 
@@ -108,11 +107,18 @@ def explain_dataset(model, tokenizer, train, queries_ds, args: ExplainArguments,
     """Explain the selected rows of ``queries_ds`` against ``train``, resumably, into ``out``.
 
     Finished queries (already in ``explanations.jsonl``) are skipped; the rest are explained in
-    chunks of ``chunk_size`` queries, each chunk appended as soon as it is done. Returns a
-    summary: number of queries, skipped rows, mean top-1 influence, seconds.
+    chunks of ``chunk_size`` queries, each chunk appended as soon as it is done. The model is
+    used through :func:`~hf_pairdots.influence.influence_mode` (float32, eval, unwrapped; its
+    mode is restored). Returns a summary: number of queries, skipped rows, mean top-1
+    influence, seconds.
     """
+    with influence_mode(model) as model:
+        return _explain_dataset(model, tokenizer, train, queries_ds, args, Path(out), chunk_size, show_progress,
+                                meta or {})
+
+
+def _explain_dataset(model, tokenizer, train, queries_ds, args, out: Path, chunk_size, show_progress, meta) -> dict:
     start = time.perf_counter()
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     args.to_json(out / "explain_args.json")
     store = ExplanationStore(out)
@@ -136,5 +142,5 @@ def explain_dataset(model, tokenizer, train, queries_ds, args: ExplainArguments,
     summary = {"queries": len(records), "skipped": len(skipped),
                "mean_top1_influence": sum(top1) / len(top1) if top1 else None,
                "seconds": round(time.perf_counter() - start, 1)}
-    write_report(out, records, {**(meta or {}), **summary, "skipped_rows": skipped, "train_size": len(train)})
+    write_report(out, records, {**meta, **summary, "skipped_rows": skipped, "train_size": len(train)})
     return summary

@@ -4,7 +4,9 @@ and the words inside them that made the model attend there.
 For each query and each explained label y (the predicted label y' and the gold label y):
 
 1. word saliency for y (Sec. 3.1) and the most salient word x_t;
-2. m = the saliency of x_t for y; ∇θ m by double backward; s_test = (H + λI)⁻¹ ∇θ m (App. B);
+2. m = the magnitude of x_t's saliency for y, |s(x_t)| (the saliency times its current sign, so
+   that "raising m" means "attending more to x_t" whatever the sign); ∇θ m by double backward;
+   s_test = (H + λI)⁻¹ ∇θ m (App. B);
 3. I(z_i, w_y(e)) for every training example (Eq. 5), top-k by descending influence: the
    examples whose up-weighting most raises the attention to x_t;
 4. in each of those, I(x_t, w_y(e)) of every word (Eq. 8); the largest is the responsible word;
@@ -123,9 +125,10 @@ class Explainer:
         enc, _, _ = encode_words(self.tokenizer, [row["text"]], self.args.max_length)
         word = row["saliency"].most_salient
         positions = [p for p, w in enumerate(enc.word_ids(0)) if w == word]
-        return saliency_measurement_gradient(self.model, self.objective.params, model_inputs(dict(enc)), row["label"],
-                                             positions, mode=self.args.saliency_mode,
-                                             target=self.args.saliency_target)
+        sign = 1.0 if row["saliency"].scores[word] >= 0 else -1.0
+        return sign * saliency_measurement_gradient(self.model, self.objective.params, model_inputs(dict(enc)),
+                                                    row["label"], positions, mode=self.args.saliency_mode,
+                                                    target=self.args.saliency_target)
 
     def _top_train(self, scores: torch.Tensor, s_test: torch.Tensor, role: str) -> list[dict]:
         k = min(self.args.top_k, len(scores))

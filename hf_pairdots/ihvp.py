@@ -152,39 +152,65 @@ def exact_solve(hessian: Tensor, v: Tensor, *, damping: float) -> IHVPResult:
     return IHVPResult(x, {"solver": "exact", "damping": damping})
 
 
-def extreme_eigenvalues(hvp: HVP, num_params: int, *, iters: int = 20, seed: int = 0) -> tuple[float, float]:
-    """Estimate (λ_min, λ_max) of H by power iteration on H and on λ_max I - H.
+def extreme_eigenvalues(hvp: HVP, num_params: int, *, iters: int = 20, seed: int = 0,
+                        tol: float = 1e-2) -> tuple[float, float]:
+    """Estimate (λ_min, λ_max) of the symmetric H by Lanczos (ARPACK, ``scipy.sparse.linalg.eigsh``).
 
-    Cost: 2 x ``iters`` HVPs. Power iteration approaches the extremes from inside the spectrum,
-    so callers add a margin (see :func:`auto_damping_scale`).
+    Both ends at once (``which="BE"``) from a Krylov space of dimension ``iters``, restarted
+    at most 5 times. Ritz values lie inside the spectrum, so the estimates can only be too
+    small in magnitude: callers add a margin (see :func:`auto_damping_scale`).
+    Cost: about ``iters`` to 5 x ``iters`` HVPs with one vector. For P ≤ 2 the spectrum is
+    computed exactly from the explicit Hessian.
     """
-    gen = torch.Generator().manual_seed(seed)
+    import numpy as np
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
-    def dominant(op: HVP) -> float:
-        u = torch.randn(1, num_params, generator=gen)
-        u /= u.norm()
-        value = 0.0
-        for _ in range(iters):
-            w = op(u)
-            value = float((u * w).sum())
-            u = w / w.norm().clamp_min(1e-30)
-        return value
+    if num_params <= 2:
+        values = torch.linalg.eigvalsh(explicit_hessian(hvp, num_params).double())
+        return float(values[0]), float(values[-1])
 
-    top = dominant(hvp)
-    bottom = top - dominant(lambda u: top * u - hvp(u))
-    return min(bottom, top), max(bottom, top)
+    def matvec(x):
+        u = torch.from_numpy(np.asarray(x, dtype=np.float32).reshape(1, -1))
+        return hvp(u).detach()[0].double().numpy()
+
+    operator = LinearOperator((num_params, num_params), matvec=matvec, dtype=np.float64)
+    start = torch.randn(num_params, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).numpy()
+    ncv = min(num_params, max(iters, 4))
+    try:
+        values = eigsh(operator, k=2, which="BE", v0=start, ncv=ncv, maxiter=5, tol=tol, return_eigenvectors=False)
+    except ArpackNoConvergence as err:
+        values = err.eigenvalues
+        if len(values) < 2:
+            raise RuntimeError(f"Lanczos found no eigenvalue estimate in {ncv} x 5 HVPs; raise power_iters") from err
+    return float(min(values)), float(max(values))
 
 
-def auto_damping_scale(lambda_min: float, lambda_max: float, *, damping: float = 0.01,
-                       margin: float = 1.5) -> tuple[float, float]:
-    """Damping λ and scale σ for which (H + λI)/σ has its spectrum inside (0, 1).
+def auto_damping_scale(lambda_min: float, lambda_max: float, *, damping: float = 0.01, margin: float = 1.5,
+                       depth: int | None = None, tail_fraction: float = 0.5, tol: float = 0.01) -> tuple[float, float]:
+    """Damping λ and scale σ for which LiSSA converges: (H + λI)/σ has its spectrum inside (0, 1).
 
-    λ = max(damping, -margin·λ_min + damping) makes H + λI positive definite even when H is
-    indefinite; σ = margin·(λ_max + λ) puts the top eigenvalue below 1 with room for mini-batch
-    noise. Returns ``(damping, scale)``.
+    * λ ≥ damping + margin·max(0, -λ_min): H + λI is positive definite even when H is indefinite;
+    * with ``depth`` given, also λ ≥ c·λ_max / (1 - c), c = margin·ln(1/tol) / (depth·(1 - tail_fraction)):
+      the error of the recursion, which shrinks by (1 - λ/σ) per step, falls below ``tol``
+      before the averaged tail of the iterates starts. A short recursion therefore means a
+      larger damping: the solve stays exact for H + λI, and λ is reported.
+    * σ = margin·(λ_max + λ) puts the top eigenvalue below 1 with room for mini-batch noise.
+
+    ``lambda_max`` should be the largest eigenvalue of the *mini-batch* Hessians the recursion
+    uses. Returns ``(damping, scale)``.
+
+    Raises:
+        ValueError: ``depth`` is too small for any damping to converge (c ≥ 1).
     """
     lam = damping + max(0.0, -margin * lambda_min)
-    return lam, margin * (max(lambda_max, 0.0) + lam)
+    top = max(lambda_max, 0.0)
+    if depth is not None:
+        c = margin * math.log(1 / tol) / (depth * (1 - tail_fraction))
+        if c >= 1:
+            raise ValueError(f"depth={depth} is too short for LiSSA to converge; use depth >= "
+                             f"{math.ceil(margin * math.log(1 / tol) / (1 - tail_fraction)) + 1}")
+        lam = max(lam, c * top / (1 - c))
+    return lam, margin * (top + lam)
 
 
 def relative_residual(hvp: HVP, x: Tensor, v: Tensor, damping: float) -> list[float]:

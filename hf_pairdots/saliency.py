@@ -195,8 +195,13 @@ class WordSaliency:
 
     @property
     def most_salient(self) -> int:
-        """Index of the word with the largest score (signed; special tokens never count)."""
-        scored = [(s, i) for i, s in enumerate(self.scores) if s is not None]
+        """Index of the word with the largest |score| (special tokens and unscored words never count).
+
+        The paper ranks tokens by s(x_t); with signed scores a strongly *negative* word moves
+        S_y as much as a strongly positive one, so the ranking is by magnitude. The sign stays
+        in :attr:`scores` (case C16).
+        """
+        scored = [(abs(s), i) for i, s in enumerate(self.scores) if s is not None]
         if not scored:
             raise ValueError("no word of this text was scored")
         return max(scored)[1]
