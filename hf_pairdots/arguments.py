@@ -119,7 +119,7 @@ class ExplainArguments(_Serializable):
     max_queries: int | None = 30
     labels: tuple[str, ...] = LABEL_ROLES
     top_k: int = 5
-    params: str | list[str] = "top"
+    params: str | list[str] = "head"
     saliency_mode: str = "gradient"
     saliency_target: str = "prob"
     eraser: str = "unk"

@@ -138,7 +138,7 @@ class CachedTopObjective(Objective):
         return F.cross_entropy(logits.float(), batch["labels"], reduction="none")
 
 
-def make_objective(model: nn.Module, params: str | Sequence[str] | ParameterSet = "top") -> Objective:
+def make_objective(model: nn.Module, params: str | Sequence[str] | ParameterSet = "head") -> Objective:
     """The cheapest exact objective for ``params``: cached top when possible, else the full model."""
     pset = params if isinstance(params, ParameterSet) else select_parameters(model, params)
     if supports_top_head(model) and set(pset.names) <= TopHead(model).parameter_names():

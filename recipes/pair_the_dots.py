@@ -81,7 +81,8 @@ def parse_args(argv=None):
     p.add_argument("--max-queries", type=int, default=24, help="dev misclassifications to explain")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--fix-per-query", type=int, default=2, help="fixing examples added per explained query")
-    p.add_argument("--depth", type=int, default=100, help="LiSSA depth")
+    p.add_argument("--params", default="head", help="parameter subset for influence (head, top, all, ...)")
+    p.add_argument("--depth", type=int, default=200, help="LiSSA depth")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -104,8 +105,9 @@ def main(argv=None) -> dict:
         print(f"[pairdots] data {a.data}: train subsample {len(train)} of {len(data['train'])} (seed {a.seed}), "
               f"dev {len(dev)}, test {len(test)}; model {a.model or 'packaged MiniLM-L6'}")
 
-    explain_args = ExplainArguments(max_queries=a.max_queries, top_k=a.top_k, max_length=a.max_length, edit="fix",
-                                    edit_top_k=a.fix_per_query, max_candidates=10, seed=a.seed, solver=SolverOptions(depth=a.depth, seed=a.seed))
+    explain_args = ExplainArguments(max_queries=a.max_queries, top_k=a.top_k, params=a.params, max_length=a.max_length,
+                                    edit="fix", edit_top_k=a.fix_per_query, max_candidates=10, seed=a.seed,
+                                    solver=SolverOptions(depth=a.depth, seed=a.seed))
     callback = PairDotsCallback(dev, train_dataset=train, tokenizer=tokenizer, args=explain_args)
     trainer_args = TrainingArguments(output_dir=str(out / "trainer"), num_train_epochs=a.epochs,
                                      learning_rate=a.learning_rate, per_device_train_batch_size=16, warmup_steps=0.06,
