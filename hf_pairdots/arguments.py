@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SOLVERS = ("lissa", "cg", "exact")
+SOLVERS = ("lissa", "cg", "exact", "lowrank")
 QUERY_SETS = ("misclassified", "all", "indices")
 LABEL_ROLES = ("predicted", "gold")
 
@@ -49,7 +49,8 @@ class SolverOptions(_Serializable):
 
     Attributes:
         solver: ``"lissa"`` (the paper), ``"cg"`` or ``"exact"`` (references; exact builds the
-            P x P Hessian, for small parameter sets only).
+            P x P Hessian, for small parameter sets only), or ``"lowrank"`` (top-``rank``
+            eigenpairs computed once and reused for every query).
         damping: λ; ``None`` = ``min_damping`` plus 1.5 x minus the smallest Hessian eigenvalue
             (power-iteration estimate), so that H + λI is positive definite.
         scale: σ of LiSSA; ``None`` = 1.5 x (largest mini-batch eigenvalue + λ), so that the
@@ -60,6 +61,7 @@ class SolverOptions(_Serializable):
         seed: mini-batch sampling and power-iteration start.
         power_iters: HVPs per power iteration (eigenvalue estimates).
         cg_tol, cg_max_iter: CG stopping rule (relative residual, iterations).
+        rank: eigenpairs kept by the low-rank solver.
     """
 
     solver: str = "lissa"
@@ -73,13 +75,14 @@ class SolverOptions(_Serializable):
     power_iters: int = 20
     cg_tol: float = 1e-4
     cg_max_iter: int = 300
+    rank: int = 50
 
     def __post_init__(self):
         if self.solver not in SOLVERS:
             raise ValueError(f"SolverOptions.solver={self.solver!r}: use one of {SOLVERS}")
         _positive("SolverOptions", scale=self.scale, depth=self.depth, repeat=self.repeat,
                   batch_size=self.batch_size, power_iters=self.power_iters, cg_tol=self.cg_tol,
-                  cg_max_iter=self.cg_max_iter)
+                  cg_max_iter=self.cg_max_iter, rank=self.rank)
         if self.damping is not None and self.damping < 0:
             raise ValueError(f"SolverOptions.damping={self.damping}: must be >= 0 (or None for automatic)")
         if self.min_damping < 0:

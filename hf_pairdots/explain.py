@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .arguments import ExplainArguments
 from .augment.lexicon import Lexicon, ensure_wordnet
 from .augment.search import OBJECTIVES, best_edit
-from .influence import (compute_s_test, make_objective, prepare_data, resolve_damping_scale,
+from .influence import (compute_s_test, lowrank_hessian, make_objective, prepare_data, resolve_damping_scale,
                         saliency_measurement_gradient, train_influence, word_influence)
 from .saliency import encode_words, model_inputs, saliency
 
@@ -84,6 +84,7 @@ class Explainer:
             ensure_wordnet()  # fail before any work (case C27)
             self.lexicon = Lexicon()
         self.solver, self.eigenvalues = resolve_damping_scale(self.objective, self.data, args.solver)
+        self.lowrank = lowrank_hessian(self.objective, self.data, self.solver) if self.solver.solver == "lowrank" else None
 
     def explain(self, queries: Sequence[Query]) -> list[dict]:
         """Explanation records (schema in docs/ARCHITECTURE.md) for ``queries``, in order.
@@ -97,7 +98,7 @@ class Explainer:
         probs = predict_proba(self.model, self.tokenizer, texts, max_length=self.args.max_length)
         rows = self._rows(queries, probs)
         v = torch.stack([self._measurement_gradient(row) for row in rows])
-        result = compute_s_test(self.objective, self.data, v, self.solver)
+        result = compute_s_test(self.objective, self.data, v, self.solver, lowrank=self.lowrank)
         scores = train_influence(self.objective, self.data, result.x)
         for r, row in enumerate(tqdm(rows, disable=not self.show_progress, desc="responsible words")):
             row["top_train"] = self._top_train(scores[r], result.x[r:r + 1], row["role"])

@@ -5,7 +5,9 @@ Every solver takes the Hessian only through products: ``hvp(V) -> H V`` for ``V`
 
 * :func:`lissa`: the stochastic Neumann recursion of Agarwal et al. (2016), as the paper uses;
 * :func:`conjugate_gradient`: CG on the damped full-data Hessian (a reference, needs H + λI ≻ 0);
-* :func:`exact_solve`: the explicit ``(P, P)`` Hessian, for small parameter sets and tests.
+* :func:`exact_solve`: the explicit ``(P, P)`` Hessian, for small parameter sets and tests;
+* :func:`lowrank_solve`: the top-k eigenpairs of H (Lanczos, computed once by
+  :func:`top_eigenpairs`), reused for every query.
 
 :func:`extreme_eigenvalues` and :func:`auto_damping_scale` choose λ and σ so that LiSSA converges
 on the indefinite Hessians of fine-tuned transformers (case C01).
@@ -211,6 +213,57 @@ def auto_damping_scale(lambda_min: float, lambda_max: float, *, damping: float =
                              f"{math.ceil(margin * math.log(1 / tol) / (1 - tail_fraction)) + 1}")
         lam = max(lam, c * top / (1 - c))
     return lam, margin * (top + lam)
+
+
+@dataclass
+class LowRankHessian:
+    """H ≈ U diag(λ) Uᵀ from its ``k`` eigenpairs of largest magnitude.
+
+    Attributes:
+        eigenvalues: ``(k,)``; eigenvectors: ``(P, k)`` orthonormal columns. Memory: P x k floats.
+    """
+
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+
+
+def top_eigenpairs(hvp: HVP, num_params: int, rank: int, *, seed: int = 0, tol: float = 1e-3) -> LowRankHessian:
+    """The ``rank`` eigenpairs of H of largest magnitude by Lanczos (ARPACK ``eigsh``).
+
+    Cost: a few x ``rank`` HVPs with one vector, paid once and reused for every query.
+    """
+    import numpy as np
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    rank = min(rank, num_params - 1)
+
+    def matvec(x):
+        u = torch.from_numpy(np.asarray(x, dtype=np.float32).reshape(1, -1))
+        return hvp(u).detach()[0].double().numpy()
+
+    operator = LinearOperator((num_params, num_params), matvec=matvec, dtype=np.float64)
+    start = torch.randn(num_params, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).numpy()
+    values, vectors = eigsh(operator, k=rank, which="LM", v0=start, tol=tol, ncv=min(num_params, 2 * rank + 1))
+    return LowRankHessian(torch.from_numpy(values).float(), torch.from_numpy(vectors).float())
+
+
+def lowrank_solve(factor: LowRankHessian, v: Tensor, *, damping: float) -> IHVPResult:
+    """x = (U diag(λ) Uᵀ + λ_d I)⁻¹ v, exactly, for the low-rank approximation of H.
+
+    = U diag(1/(λ_i + λ_d)) Uᵀ v + (v - U Uᵀ v) / λ_d: the directions outside the top
+    eigenvectors see only the damping. Cost: two ``(Q, P) x (P, k)`` products per call.
+
+    Raises:
+        ValueError: ``damping`` ≤ 0, or λ_i + damping ≤ 0 for some kept eigenvalue.
+    """
+    shifted = factor.eigenvalues + damping
+    if damping <= 0 or bool((shifted <= 0).any()):
+        raise ValueError(f"damping={damping:g} must be > 0 and above minus the smallest kept eigenvalue "
+                         f"({float(factor.eigenvalues.min()):.3g})")
+    coords = v @ factor.eigenvectors
+    x = (coords / shifted) @ factor.eigenvectors.T + (v - coords @ factor.eigenvectors.T) / damping
+    return IHVPResult(x, {"solver": "lowrank", "damping": damping, "rank": len(shifted),
+                          "kept_eigenvalues": [float(shifted.min() - damping), float(shifted.max() - damping)]})
 
 
 def relative_residual(hvp: HVP, x: Tensor, v: Tensor, damping: float) -> list[float]:

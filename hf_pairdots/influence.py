@@ -296,15 +296,24 @@ def resolve_damping_scale(objective: Objective, data: PreparedData,
     return dataclasses.replace(options, damping=damping, scale=scale), estimates
 
 
+def lowrank_hessian(objective: Objective, data: PreparedData, options: SolverOptions) -> ihvp.LowRankHessian:
+    """The top-``options.rank`` eigenpairs of the full-data Hessian, for the ``"lowrank"`` solver.
+
+    Compute once, pass to every :func:`compute_s_test` call. Cost: a few x rank full-data HVPs.
+    """
+    return ihvp.top_eigenpairs(full_hvp(objective, data), objective.params.numel, options.rank, seed=options.seed)
+
+
 def compute_s_test(objective: Objective, data: PreparedData, v: Tensor, options: SolverOptions | None = None,
-                   residual_examples: int = 256) -> ihvp.IHVPResult:
+                   residual_examples: int = 256, lowrank: ihvp.LowRankHessian | None = None) -> ihvp.IHVPResult:
     """s_test = (H + λI)⁻¹ v for ``v`` of shape ``(Q, P)`` (rows: ∇θ m of Q measurements).
 
     Returns an :class:`~hf_pairdots.ihvp.IHVPResult` whose diagnostics hold λ, σ, the eigenvalue
     estimates (when automatic) and, per query, the relative residual ||(H + λI)s - v|| / ||v||
     measured with the Hessian of ``residual_examples`` sampled training examples (all when
     the data is smaller). Cost: LiSSA depth x repeat mini-batch HVPs (Q vectors each); CG up to
-    cg_max_iter full-data HVPs; exact P full-data HVPs; plus :func:`resolve_damping_scale`.
+    cg_max_iter full-data HVPs; exact P full-data HVPs; low-rank nothing beyond ``lowrank``
+    (computed here when not given, see :func:`lowrank_hessian`); plus :func:`resolve_damping_scale`.
     """
     options = options or SolverOptions()
     estimates = {}
@@ -318,6 +327,8 @@ def compute_s_test(objective: Objective, data: PreparedData, v: Tensor, options:
     elif options.solver == "cg":
         result = ihvp.conjugate_gradient(full, v, damping=options.damping, tol=options.cg_tol,
                                          max_iter=options.cg_max_iter)
+    elif options.solver == "lowrank":
+        result = ihvp.lowrank_solve(lowrank or lowrank_hessian(objective, data, options), v, damping=options.damping)
     else:
         result = ihvp.exact_solve(ihvp.explicit_hessian(full, objective.params.numel), v, damping=options.damping)
     result.diagnostics.update(estimates)
