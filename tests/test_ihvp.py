@@ -19,7 +19,9 @@ from hf_pairdots.ihvp import (
     explicit_hessian,
     extreme_eigenvalues,
     lissa,
+    lowrank_solve,
     relative_residual,
+    top_eigenpairs,
 )
 
 P, N, Q = 10, 200, 3
@@ -362,3 +364,22 @@ def test_exact_solve_with_explicit_hessian_of_quadratic():
     assert x32.dtype == torch.float32
     assert rel_err(x32.double(), damped_solution(a, v, 0.3)) < 1e-5
     assert math.isfinite(float(x32.sum()))
+
+
+def test_lowrank_full_rank_equals_exact_and_truncation_is_damping_only():
+    """Low-rank solver: with every eigenpair but one it matches the exact damped solve; the
+    dropped direction sees 1/damping, as documented."""
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(12, 12, generator=gen, dtype=F64)
+    h = a @ a.T / 12 + 0.1 * torch.eye(12, dtype=F64)
+    v = torch.randn(Q, 12, generator=gen, dtype=F64).float()
+    factor = top_eigenpairs(lambda u: (u.to(F64) @ h).float(), 12, rank=11)
+    evals, evecs = torch.linalg.eigh(h)
+    assert torch.allclose(factor.eigenvalues.double().sort().values, evals[1:], rtol=1e-4)
+    approx = lowrank_solve(factor, v, damping=0.5).x.double()
+    # Exact answer for H with its smallest eigenvalue replaced by 0 (the truncated direction).
+    truncated = h - evals[0] * torch.outer(evecs[:, 0], evecs[:, 0])
+    exact = torch.linalg.solve(truncated + 0.5 * torch.eye(12, dtype=F64), v.double().T).T
+    assert torch.allclose(approx, exact, rtol=1e-3, atol=1e-5)
+    with pytest.raises(ValueError, match="damping"):
+        lowrank_solve(factor, v, damping=0.0)
