@@ -43,6 +43,79 @@ def _explain(a) -> int:
     return 0
 
 
+def _augment(a) -> int:
+    """``pairdots augment``: explanations with edits -> augmented training set + card (Sec. 4.2-4.3)."""
+    import dataclasses
+    from collections import Counter
+    from pathlib import Path
+
+    from .arguments import ExplainArguments, SolverOptions
+    from .augment.dataset import apply_edits, collect_edits, explain_labels, explain_mode, random_baseline
+    from .augment.lexicon import ensure_wordnet
+    from .callback import explain_dataset
+    from .data import load_text_classification, subsample
+    from .hub import CardInfo, push_augmented, save_augmented
+    from .models import load_classifier, load_tokenizer
+    from .report import ExplanationStore
+
+    ensure_wordnet()  # fail before any model or data is loaded (case C27)
+    mode = explain_mode(a.objective)
+    default_selection = "all" if mode == "attack" else "misclassified"
+    selection, max_queries = a.queries or default_selection, None
+    if selection.isdigit():
+        selection, max_queries = default_selection, int(selection)
+    if selection not in ("all", "misclassified") or max_queries == 0:
+        raise SystemExit(f"--queries {a.queries!r}: use 'all', 'misclassified' or a positive number N (the first N)")
+    split = a.split or ("test" if mode == "attack" else "validation")
+    data = load_text_classification(a.data)
+    if split not in data or a.train_split not in data:
+        raise SystemExit(f"{a.data} has splits {list(data)}; choose --split and --train-split among them")
+    train = data[a.train_split]
+    if a.train_size:
+        train = subsample(train, a.train_size, a.seed)
+    args = ExplainArguments(queries=selection, max_queries=max_queries, labels=explain_labels(a.objective),
+                            top_k=a.top_k or (2 * a.per_query + 3 if mode == "attack" else a.per_query + 2),
+                            params=a.params, max_length=a.max_length, edit=mode,
+                            num_sampled=a.num_sampled, max_candidates=a.max_candidates, seed=a.seed,
+                            solver=SolverOptions(solver=a.solver, damping=a.damping, depth=a.depth, seed=a.seed))
+    out = Path(a.out)
+    explain_dir = out / "explain"
+    previous = explain_dir / "explain_args.json"
+    if previous.is_file() and (dataclasses.replace(ExplainArguments.from_json(previous), max_queries=None)
+                               != dataclasses.replace(args, max_queries=None)):
+        raise SystemExit(f"{explain_dir} holds explanations made with other settings; use another --out")
+    tokenizer = load_tokenizer(a.model)
+    summary = explain_dataset(load_classifier(a.model), tokenizer, train, data[split], args, explain_dir,
+                              show_progress=True,
+                              meta={"model": a.model, "data": a.data, "split": split, "objective": a.objective})
+    records = sorted(ExplanationStore(explain_dir).records(), key=lambda r: r["query_index"])[:max_queries]
+    collection = collect_edits(records, train, a.objective, per_query=a.per_query, seed=a.seed,
+                               antonym_label=a.antonym_label)
+    parameters = {"per_query": a.per_query, "top_k": args.top_k, "num_sampled": a.num_sampled,
+                  "max_candidates": a.max_candidates, "antonym_label": a.antonym_label, "queries": selection,
+                  "max_queries": max_queries, "params": a.params, "max_length": a.max_length,
+                  "solver": a.solver, "damping": a.damping if a.damping is not None else "automatic",
+                  "depth": a.depth, "train_size": a.train_size or len(train)}
+    info = CardInfo(source=a.data, model=a.model, objective=a.objective, seed=a.seed, parameters=parameters,
+                    query_split=split, train_split=a.train_split)
+    augmented = apply_edits(train, collection.dataset)
+    written = {"augmented": str(save_augmented(augmented, out / "augmented", info))}
+    if a.random_baseline:
+        baseline = random_baseline(collection.dataset, train, seed=a.seed, max_candidates=a.max_candidates,
+                                   tokenizer=tokenizer, max_length=a.max_length, antonym_label=a.antonym_label)
+        written["random_baseline"] = str(save_augmented(apply_edits(train, baseline), out / "random_baseline",
+                                                        dataclasses.replace(info, baseline=True)))
+    reasons = Counter()
+    for shortfall in collection.shortfalls:
+        reasons.update(shortfall["reasons"])
+    result = {**summary, "edits": len(collection.dataset), "queries_short_of_edits": len(collection.shortfalls),
+              "shortfall_reasons": dict(reasons), "written": written}
+    if a.push_to_hub:
+        result["hub"] = push_augmented(augmented, a.push_to_hub, out / "augmented")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pairdots", description="Pair the Dots for Hugging Face classifiers")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -69,6 +142,37 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", required=True)
     e.set_defaults(func=_explain)
+
+    g = sub.add_parser("augment", help="edit training examples guided by explanations (Sec. 4.2-4.3) into an "
+                                        "augmented training set with a dataset card")
+    g.add_argument("model", help="trained model folder or Hub id")
+    g.add_argument("--data", required=True, help="dataset spec (see hf_pairdots.data)")
+    g.add_argument("--objective", required=True,
+                   choices=["fix", "fix_up", "fix_down", "attack_down", "attack_up", "attack_combined"])
+    g.add_argument("--queries", default=None,
+                   help="all | misclassified | N (the first N); default: all for attacks, misclassified for fix")
+    g.add_argument("--split", default=None, help="query split (default: test for attacks, validation for fix)")
+    g.add_argument("--train-split", default="train")
+    g.add_argument("--train-size", type=int, default=0, help="seeded training subsample (0 = all)")
+    g.add_argument("--per-query", type=int, default=1, help="k, edited training examples per query")
+    g.add_argument("--top-k", type=int, default=None,
+                   help="edited candidates per label row (default: 2 x per-query + 3 for attacks, whose training "
+                        "rows are replaced at most once; per-query + 2 for fix)")
+    g.add_argument("--num-sampled", type=int, default=5, help="T, random extra positions of the search")
+    g.add_argument("--max-candidates", type=int, default=20, help="substitutes tried per position")
+    g.add_argument("--antonym-label", default="keep", choices=["keep", "flip"],
+                   help="label of antonym edits: keep (paper) or flip (binary tasks)")
+    g.add_argument("--params", default="top")
+    g.add_argument("--max-length", type=int, default=128)
+    g.add_argument("--solver", default="lissa", choices=["lissa", "cg", "exact"])
+    g.add_argument("--damping", type=float, default=None, help="λ (default: automatic)")
+    g.add_argument("--depth", type=int, default=200)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", required=True)
+    g.add_argument("--random-baseline", action="store_true",
+                   help="also write the random-substitution baseline with the same budget")
+    g.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also push the augmented dataset")
+    g.set_defaults(func=_augment)
     return parser
 
 
