@@ -75,7 +75,7 @@ def _augment(a) -> int:
         train = subsample(train, a.train_size, a.seed)
     args = ExplainArguments(queries=selection, max_queries=max_queries, labels=explain_labels(a.objective),
                             top_k=a.top_k or (2 * a.per_query + 3 if mode == "attack" else a.per_query + 2),
-                            params=a.params, max_length=a.max_length, edit=mode,
+                            params=a.params or ExplainArguments.params, max_length=a.max_length, edit=mode,
                             num_sampled=a.num_sampled, max_candidates=a.max_candidates, seed=a.seed,
                             solver=SolverOptions(solver=a.solver, damping=a.damping, depth=a.depth, seed=a.seed))
     out = Path(a.out)
@@ -93,7 +93,7 @@ def _augment(a) -> int:
                                antonym_label=a.antonym_label)
     parameters = {"per_query": a.per_query, "top_k": args.top_k, "num_sampled": a.num_sampled,
                   "max_candidates": a.max_candidates, "antonym_label": a.antonym_label, "queries": selection,
-                  "max_queries": max_queries, "params": a.params, "max_length": a.max_length,
+                  "max_queries": max_queries, "params": args.params, "max_length": a.max_length,
                   "solver": a.solver, "damping": a.damping if a.damping is not None else "automatic",
                   "depth": a.depth, "train_size": a.train_size or len(train)}
     info = CardInfo(source=a.data, model=a.model, objective=a.objective, seed=a.seed, parameters=parameters,
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-candidates", type=int, default=20, help="substitutes tried per position")
     g.add_argument("--antonym-label", default="keep", choices=["keep", "flip"],
                    help="label of antonym edits: keep (paper) or flip (binary tasks)")
-    g.add_argument("--params", default="top")
+    g.add_argument("--params", default=None, help="parameter subset θ_S (default: ExplainArguments' default)")
     g.add_argument("--max-length", type=int, default=128)
     g.add_argument("--solver", default="lissa", choices=["lissa", "cg", "exact"])
     g.add_argument("--damping", type=float, default=None, help="λ (default: automatic)")
