@@ -25,7 +25,6 @@ def _explain(a) -> int:
     from .arguments import ExplainArguments, SolverOptions
     from .callback import explain_dataset
     from .data import load_text_classification, subsample
-    from .influence import influence_mode
     from .models import load_classifier, load_tokenizer
 
     data = load_text_classification(a.data)
@@ -36,9 +35,8 @@ def _explain(a) -> int:
                             max_length=a.max_length, edit=a.edit, seed=a.seed,
                             solver=SolverOptions(solver=a.solver, depth=a.depth, seed=a.seed))
     tokenizer = load_tokenizer(a.model)
-    with influence_mode(load_classifier(a.model)) as model:
-        summary = explain_dataset(model, tokenizer, train, data[a.split], args, a.out, show_progress=True,
-                                  meta={"model": a.model, "data": a.data, "split": a.split})
+    summary = explain_dataset(load_classifier(a.model), tokenizer, train, data[a.split], args, a.out,
+                              show_progress=True, meta={"model": a.model, "data": a.data, "split": a.split})
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .arguments import ExplainArguments
 from .augment.lexicon import Lexicon, ensure_wordnet
-from .augment.search import OBJECTIVES, best_edit
+from .augment.search import OBJECTIVES, search_edit
 from .influence import (compute_s_test, lowrank_hessian, make_objective, prepare_data, resolve_damping_scale,
                         saliency_measurement_gradient, train_influence, word_influence)
 from .saliency import encode_words, model_inputs, saliency
@@ -110,7 +110,11 @@ class Explainer:
         """One row per (query, explained label): label, role, word saliency."""
         rows = []
         for i, q in enumerate(queries):
-            roles = {"predicted": int(probs[i].argmax()), "gold": q.gold}
+            ranked = probs[i].argsort(descending=True).tolist()
+            wrong = ranked[0]
+            if self.args.edit == "attack" and wrong == q.gold and len(ranked) > 1:
+                wrong = ranked[1]  # y' of Eq. 10 must be a wrong label: the runner-up
+            roles = {"predicted": wrong, "gold": q.gold}
             seen = set()
             for role in self.args.labels:
                 label = roles[role]
@@ -152,21 +156,18 @@ class Explainer:
         return out
 
     def _edit(self, text: str, label: int, s_test: torch.Tensor, role: str, per_word: torch.Tensor,
-              index: int) -> dict | None:
-        """The proposed edit of one training example, as a JSON-ready dict (``None``: no substitute)."""
+              index: int) -> dict:
+        """The proposed edit of one training example, as a JSON-ready dict (``reason`` when none)."""
         name = {("fix", "gold"): "fix_up", ("fix", "predicted"): "fix_down",
                 ("attack", "gold"): "attack_down", ("attack", "predicted"): "attack_up"}[(self.args.edit, role)]
         generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + index)
-        edit = best_edit(self.objective, self.tokenizer, self.lexicon, text, label, s_test, OBJECTIVES[name],
-                         num_sampled=self.args.num_sampled, max_candidates=self.args.max_candidates,
-                         generator=generator, eraser=self.args.eraser, max_length=self.args.max_length,
-                         word_scores=per_word)
-        if edit is None:
-            return None
-        start, end = edit.char_span(text)
-        return {"objective": name, "text": edit.text, "position": edit.position, "char_start": start,
-                "char_end": end, "original": edit.original, "replacement": edit.replacement,
-                "relation": edit.relation, "predicted_change": edit.predicted_change, "stage": edit.stage}
+        result = search_edit(self.objective, self.tokenizer, self.lexicon, text, label, s_test, OBJECTIVES[name],
+                             num_sampled=self.args.num_sampled, max_candidates=self.args.max_candidates,
+                             generator=generator, eraser=self.args.eraser, max_length=self.args.max_length,
+                             word_scores=per_word)
+        if result.edit is None:
+            return {"objective": name, "reason": result.reason}
+        return result.edit.to_record(name)
 
     def _record(self, query: Query, probs: torch.Tensor, rows: list[dict], result, diagnostics: dict) -> dict:
         _, words, [cut] = encode_words(self.tokenizer, [query.text], self.args.max_length)

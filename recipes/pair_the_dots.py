@@ -28,12 +28,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1") if not os.environ.get("PAIRDOTS_ONLINE") else None
 
-import datasets  # noqa: E402
 import torch  # noqa: E402
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments  # noqa: E402
 
 from hf_pairdots.arguments import ExplainArguments, SolverOptions  # noqa: E402
-from hf_pairdots.augment.dataset import edits_dataset  # noqa: E402
+from hf_pairdots.augment.dataset import apply_edits, edits_dataset  # noqa: E402
 from hf_pairdots.augment.lexicon import ensure_wordnet  # noqa: E402
 from hf_pairdots.callback import PairDotsCallback  # noqa: E402
 from hf_pairdots.data import load_text_classification, subsample  # noqa: E402
@@ -125,15 +124,14 @@ def main(argv=None) -> dict:
 
     explain_dir = out / "trainer" / explain_args.output_subdir
     records = ExplanationStore(explain_dir).records()
-    augmented = edits_dataset(records, names, per_query=a.fix_per_query, seed=a.seed)
+    augmented = edits_dataset(records, train, "fix", per_query=a.fix_per_query, seed=a.seed)
     augmented.save_to_disk(str(out / "augmented"))
     print(f"[pairdots] {len(augmented)} fixing examples from {len(records)} explained dev errors -> {out / 'augmented'}")
 
     results = {"trainer": before}
     for name, extra in (("retrain: train only", None), ("retrain: train + fixing examples", augmented)):
         with timer.stage(name):
-            rows = train if extra is None or not len(extra) else datasets.concatenate_datasets(
-                [train.select_columns(["text", "label"]), extra.select_columns(["text", "label"])])
+            rows = train if extra is None else apply_edits(train, extra)
             retrained = train_classifier(load_classifier(a.model, label_names=names), tokenizer, rows,
                                          epochs=a.epochs, learning_rate=a.learning_rate, max_length=a.max_length,
                                          seed=a.seed)
