@@ -38,7 +38,6 @@ from torch import nn
 from hf_pairdots.autograd import ParameterSet, select_parameters
 from hf_pairdots.influence import (
     Objective,
-    PreparedData,
     SolverOptions,
     compute_s_test,
     loss_measurement_gradient,
