@@ -136,13 +136,16 @@ def conjugate_gradient(hvp: HVP, v: Tensor, *, damping: float, tol: float = 1e-6
     return IHVPResult(x, {"solver": "cg", "damping": damping, "iterations": it})
 
 
-def explicit_hessian(hvp: HVP, num_params: int, chunk: int = 256) -> Tensor:
-    """The ``(P, P)`` Hessian built column by column from HVPs with unit vectors. Cost: P HVPs."""
+def explicit_hessian(hvp: HVP, num_params: int, chunk: int = 256, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The ``(P, P)`` Hessian built column by column from HVPs with unit vectors. Cost: P HVPs.
+
+    ``dtype``: of the unit vectors, i.e. of the parameters (a float64 objective needs float64).
+    """
     cols = []
     for start in range(0, num_params, chunk):
-        eye = torch.zeros(min(chunk, num_params - start), num_params)
+        eye = torch.zeros(min(chunk, num_params - start), num_params, dtype=dtype)
         eye[torch.arange(eye.shape[0]), torch.arange(start, start + eye.shape[0])] = 1.0
-        cols.append(hvp(eye))
+        cols.append(hvp(eye).detach())  # no autograd history (frozen-but-trainable params leave some)
     hessian = torch.cat(cols)
     return (hessian + hessian.T) / 2
 

@@ -58,7 +58,9 @@ def influence_mode(model: nn.Module):
     model = unwrap_model(model)
     if any(p.dtype != torch.float32 for p in model.parameters()):
         model = copy.deepcopy(model).float()
-    was_training = model.training
+    # Per module: a model can be in mixed mode (peft wraps an eval model in a training-mode
+    # PeftModel), and model.train(was_training) would flip every submodule.
+    modes = [(m, m.training) for m in model.modules()]
     config = getattr(model, "config", None)
     old_attn = getattr(config, "_attn_implementation", None)
     if old_attn not in (None, "eager") and hasattr(model, "set_attn_implementation"):
@@ -67,7 +69,8 @@ def influence_mode(model: nn.Module):
     try:
         yield model
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
         if old_attn not in (None, "eager") and hasattr(model, "set_attn_implementation"):
             model.set_attn_implementation(old_attn)
 
@@ -330,7 +333,8 @@ def compute_s_test(objective: Objective, data: PreparedData, v: Tensor, options:
     elif options.solver == "lowrank":
         result = ihvp.lowrank_solve(lowrank or lowrank_hessian(objective, data, options), v, damping=options.damping)
     else:
-        result = ihvp.exact_solve(ihvp.explicit_hessian(full, objective.params.numel), v, damping=options.damping)
+        result = ihvp.exact_solve(ihvp.explicit_hessian(full, objective.params.numel, dtype=v.dtype), v,
+                                  damping=options.damping)
     result.diagnostics.update(estimates)
     check = data.sample(torch.Generator().manual_seed(options.seed + 1), residual_examples)
     result.diagnostics["relative_residual"] = ihvp.relative_residual(
