@@ -102,6 +102,9 @@ class ExplainArguments(_Serializable):
         top_k: responsible training examples kept per explained label.
         params: parameter subset θ_S (see :func:`hf_pairdots.autograd.select_parameters`).
         saliency_mode, saliency_target: see :mod:`hf_pairdots.saliency`.
+        salient_by: which word is "most salient" and what Eq. 5 measures: ``"value"`` (the
+            paper: largest signed s(x_t), m = s(x_t)) or ``"magnitude"`` (largest |s(x_t)|,
+            m = |s(x_t)|).
         eraser: how Eq. 8 erases a word: ``"unk"``, ``"mask"`` or ``"zero"``.
         max_length: truncation length in tokens (truncation is reported per query).
         batch_size: examples per forward pass.
@@ -125,6 +128,7 @@ class ExplainArguments(_Serializable):
     params: str | list[str] = "head"
     saliency_mode: str = "gradient"
     saliency_target: str = "prob"
+    salient_by: str = "value"
     eraser: str = "unk"
     max_length: int = 128
     batch_size: int = 64
@@ -147,6 +151,7 @@ class ExplainArguments(_Serializable):
             "saliency_mode": (self.saliency_mode, MODES),
             "saliency_target": (self.saliency_target, TARGETS),
             "eraser": (self.eraser, ("unk", "mask", "zero")),
+            "salient_by": (self.salient_by, ("value", "magnitude")),
             "edit": (self.edit, (None, "fix", "attack")),
         }
         for name, (value, allowed) in checks.items():

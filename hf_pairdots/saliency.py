@@ -195,16 +195,27 @@ class WordSaliency:
 
     @property
     def most_salient(self) -> int:
-        """Index of the word with the largest |score| (special tokens and unscored words never count).
+        """Index of the word with the largest signed score, as the paper ranks tokens (Sec. 3.1).
 
-        The paper ranks tokens by s(x_t); with signed scores a strongly *negative* word moves
-        S_y as much as a strongly positive one, so the ranking is by magnitude. The sign stays
-        in :attr:`scores` (case C16).
+        A signed score is evidence *for* the label: for two labels of a binary task it is the
+        opposite of the other label's score, so the two explained labels point at the words
+        pushing each way. Special tokens and unscored words never count.
         """
-        scored = [(abs(s), i) for i, s in enumerate(self.scores) if s is not None]
+        return self.rank("value")[0]
+
+    def rank(self, by: str = "value") -> list[int]:
+        """Scored word indices, most salient first, by signed ``"value"`` or by ``"magnitude"``.
+
+        Raises:
+            ValueError: no word was scored, or ``by`` is unknown.
+        """
+        if by not in ("value", "magnitude"):
+            raise ValueError(f"by={by!r}: use 'value' (the paper) or 'magnitude'")
+        scored = [i for i, s in enumerate(self.scores) if s is not None]
         if not scored:
             raise ValueError("no word of this text was scored")
-        return max(scored)[1]
+        key = (lambda i: abs(self.scores[i])) if by == "magnitude" else (lambda i: self.scores[i])
+        return sorted(scored, key=key, reverse=True)
 
 
 def encode_words(tokenizer, texts: Sequence[str], max_length: int | None = None):

@@ -172,9 +172,10 @@ def test_C16_signed_modes_return_both_signs_l2_nonnegative(model64, tok):
         assert all(s >= 0 for s in a.scores)
         # |Σ_j g_j| ≤ sqrt(H) ||g||₂ for each piece, hence for the word sums.
         assert all(abs(gs) <= 32 ** 0.5 * ls + 1e-12 for gs, ls in zip(g.scores, a.scores))
-    # most_salient is the largest magnitude; the sign stays in the scores.
+    # most_salient is the signed maximum (the paper); rank("magnitude") orders by |score|.
     ws = grad[1]
-    assert ws.most_salient == max(range(len(ws.scores)), key=lambda k: abs(ws.scores[k]))
+    assert ws.most_salient == max(range(len(ws.scores)), key=lambda k: ws.scores[k])
+    assert ws.rank("magnitude")[0] == max(range(len(ws.scores)), key=lambda k: abs(ws.scores[k]))
     with pytest.raises(ValueError, match="mode"):
         saliency(model64, tok, TEXTS[:1], [1], mode="abs")
     with pytest.raises(ValueError, match="target"):
