@@ -8,13 +8,16 @@ Add one line to an existing Trainer::
 At ``on_train_end`` (and, with ``on_evaluate=True``, after each evaluation) the callback
 predicts the query split, selects the queries (dev misclassifications by default), and writes
 under ``<output_dir>/<output_subdir>/``: ``explanations.jsonl`` (resumable: finished queries are
-skipped on a rerun), ``explanations/`` (the same as a ``datasets.Dataset``), ``report.html`` and
-``explain_args.json``. It only reads the model (float32 copy for fp16/bf16 training, eval mode,
-mode restored afterwards), changes nothing but ``control``, and writes on the main process only.
+skipped on a rerun), ``explanations/`` (the same as a ``datasets.Dataset``), ``report.html``,
+``explain_args.json`` and ``meta.json`` (which weights were explained: ``global_step`` and
+``best_model_checkpoint``; the summary; the skipped rows and why). It only reads the model
+(float32 copy for fp16/bf16 training, eval mode, mode restored afterwards), changes nothing but
+``control``, and writes on the main process only.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -23,9 +26,11 @@ import torch
 from transformers import TrainerCallback
 
 from .arguments import ExplainArguments
-from .explain import Explainer, Query, predict_proba
+from .explain import Explainer, Query, predict_proba, suspend_input_require_grads
 from .influence import influence_mode
-from .report import ExplanationStore, write_dataset, write_report
+from .report import ExplanationStore, atomic_write_text, write_dataset, write_report
+
+META_NAME = "meta.json"
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +39,9 @@ def select_queries(texts, golds, probs, args: ExplainArguments) -> tuple[list[Qu
     """Queries to explain and the rows skipped with their reason.
 
     Skips empty/whitespace texts and gold labels outside the model's labels (reason given);
-    ``None`` gold (unlabelled data) is kept and only the predicted label is explained.
+    ``None`` gold (unlabelled data) is kept and only the predicted label is explained. An
+    unlabelled row is never misclassified: with ``queries="misclassified"`` it is not selected
+    (an unlabelled split gives 0 queries; use ``"all"`` or ``"indices"``).
     """
     num_labels = probs.shape[1] if len(probs) else 0
     chosen, skipped = [], []
@@ -109,10 +116,13 @@ def explain_dataset(model, tokenizer, train, queries_ds, args: ExplainArguments,
     Finished queries (already in ``explanations.jsonl``) are skipped; the rest are explained in
     chunks of ``chunk_size`` queries, each chunk appended as soon as it is done. The model is
     used through :func:`~hf_pairdots.influence.influence_mode` (float32, eval, unwrapped; its
-    mode is restored). Returns a summary: number of queries, skipped rows, mean top-1
-    influence, seconds.
+    mode is restored) and :func:`~hf_pairdots.explain.suspend_input_require_grads` (gradient
+    checkpointing). ``queries_ds`` without a ``label`` column is unlabelled: ``queries="all"``
+    explains the predicted label only, ``"misclassified"`` selects nothing. ``meta`` (e.g. the
+    step and checkpoint of the weights) is written with the summary to ``meta.json`` and shown in
+    the report. Returns a summary: number of queries, skipped rows, mean top-1 influence, seconds.
     """
-    with influence_mode(model) as model:
+    with influence_mode(model) as model, suspend_input_require_grads(model):
         return _explain_dataset(model, tokenizer, train, queries_ds, args, Path(out), chunk_size, show_progress,
                                 meta or {})
 
@@ -142,5 +152,7 @@ def _explain_dataset(model, tokenizer, train, queries_ds, args, out: Path, chunk
     summary = {"queries": len(records), "skipped": len(skipped),
                "mean_top1_influence": sum(top1) / len(top1) if top1 else None,
                "seconds": round(time.perf_counter() - start, 1)}
-    write_report(out, records, {**meta, **summary, "skipped_rows": skipped, "train_size": len(train)})
+    full_meta = {**meta, **summary, "skipped_rows": skipped, "train_size": len(train)}
+    atomic_write_text(out / META_NAME, json.dumps(full_meta, indent=2, default=str) + "\n")
+    write_report(out, records, full_meta)
     return summary

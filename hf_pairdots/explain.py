@@ -19,6 +19,7 @@ explains queries in chunks, all rows of a chunk sharing one LiSSA run.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,7 +32,7 @@ from .augment.lexicon import Lexicon, ensure_wordnet
 from .augment.search import OBJECTIVES, search_edit
 from .influence import (compute_s_test, lowrank_hessian, make_objective, prepare_data, resolve_damping_scale,
                         saliency_measurement_gradient, train_influence, word_influence)
-from .saliency import encode_words, model_inputs, saliency
+from .saliency import encode_words, find_embedding_block, model_inputs, saliency
 
 
 @dataclass
@@ -55,6 +56,34 @@ def predict_proba(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_si
     return torch.cat(out) if out else torch.empty(0, model.config.num_labels)
 
 
+@contextlib.contextmanager
+def suspend_input_require_grads(model: nn.Module):
+    """Detach, while the block runs, the hooks of ``transformers``' ``enable_input_require_grads``.
+
+    ``gradient_checkpointing_enable()`` (and peft) hook the input embeddings with
+    ``output.requires_grad_(True)``, which ``torch.func`` transforms reject: saliency, Eq. 5 and
+    every HVP through the embeddings would fail on such a model (case C13). The hooks are put
+    back afterwards, in their original order. Checkpointing itself is inactive in eval mode.
+    """
+    removed, orders = [], {}
+    for module in model.modules():
+        for handle in getattr(module, "_require_grads_hooks", None) or []:
+            hooks = handle.hooks_dict_ref()
+            if hooks is not None and handle.id in hooks:
+                orders.setdefault(id(hooks), (hooks, list(hooks)))
+                removed.append((hooks, handle.id, hooks.pop(handle.id)))
+    try:
+        yield model
+    finally:
+        for hooks, key, fn in removed:
+            hooks[key] = fn
+        for hooks, order in orders.values():
+            items = dict(hooks)
+            hooks.clear()
+            hooks.update({k: items[k] for k in order if k in items})
+            hooks.update({k: v for k, v in items.items() if k not in hooks})
+
+
 class Explainer:
     """Saliency + influence explanations against one training set.
 
@@ -68,10 +97,14 @@ class Explainer:
 
     Cost of construction: one forward pass over the training set (cached top features) and the
     eigenvalue estimates for automatic damping/scale (about 2 x power_iters full-data HVPs).
+
+    Raises:
+        SaliencyError: the model has no embedding block (case C14), before any work.
     """
 
     def __init__(self, model: nn.Module, tokenizer, train_texts: Sequence[str], train_labels: Sequence[int],
                  args: ExplainArguments, label_names: Sequence[str] | None = None, show_progress: bool = False):
+        find_embedding_block(model)  # SaliencyError now rather than after the training-side work
         self.model, self.tokenizer, self.args = model, tokenizer, args
         self.train_texts, self.train_labels = list(train_texts), [int(y) for y in train_labels]
         self.label_names = list(label_names or [model.config.id2label[i] for i in range(model.config.num_labels)])
