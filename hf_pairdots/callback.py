@@ -26,7 +26,7 @@ import torch
 from transformers import TrainerCallback
 
 from .arguments import ExplainArguments
-from .explain import Explainer, Query, predict_proba, suspend_input_require_grads
+from .explain import Explainer, Query, predict_proba
 from .influence import influence_mode
 from .report import ExplanationStore, atomic_write_text, write_dataset, write_report
 
@@ -116,13 +116,12 @@ def explain_dataset(model, tokenizer, train, queries_ds, args: ExplainArguments,
     Finished queries (already in ``explanations.jsonl``) are skipped; the rest are explained in
     chunks of ``chunk_size`` queries, each chunk appended as soon as it is done. The model is
     used through :func:`~hf_pairdots.influence.influence_mode` (float32, eval, unwrapped; its
-    mode is restored) and :func:`~hf_pairdots.explain.suspend_input_require_grads` (gradient
-    checkpointing). ``queries_ds`` without a ``label`` column is unlabelled: ``queries="all"``
+    mode is restored; gradient-checkpointing hooks suspended). ``queries_ds`` without a ``label`` column is unlabelled: ``queries="all"``
     explains the predicted label only, ``"misclassified"`` selects nothing. ``meta`` (e.g. the
     step and checkpoint of the weights) is written with the summary to ``meta.json`` and shown in
     the report. Returns a summary: number of queries, skipped rows, mean top-1 influence, seconds.
     """
-    with influence_mode(model) as model, suspend_input_require_grads(model):
+    with influence_mode(model) as model:
         return _explain_dataset(model, tokenizer, train, queries_ds, args, Path(out), chunk_size, show_progress,
                                 meta or {})
 

@@ -4,9 +4,9 @@ and the words inside them that made the model attend there.
 For each query and each explained label y (the predicted label y' and the gold label y):
 
 1. word saliency for y (Sec. 3.1) and the most salient word x_t;
-2. m = the magnitude of x_t's saliency for y, |s(x_t)| (the saliency times its current sign, so
-   that "raising m" means "attending more to x_t" whatever the sign); ∇θ m by double backward;
-   s_test = (H + λI)⁻¹ ∇θ m (App. B);
+2. m = s(x_t) for y (``salient_by="value"``, the paper), or |s(x_t)| (``"magnitude"``: the
+   saliency times its sign at θ, so that raising m means attending more to x_t either way);
+   ∇θ m by double backward; s_test = (H + λI)⁻¹ ∇θ m (App. B);
 3. I(z_i, w_y(e)) for every training example (Eq. 5), top-k by descending influence: the
    examples whose up-weighting most raises the attention to x_t;
 4. in each of those, I(x_t, w_y(e)) of every word (Eq. 8); the largest is the responsible word;
@@ -19,7 +19,6 @@ explains queries in chunks, all rows of a chunk sharing one LiSSA run.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,34 +53,6 @@ def predict_proba(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_si
         enc, _, _ = encode_words(tokenizer, texts[start:start + batch_size], max_length)
         out.append(model(**model_inputs(dict(enc))).logits.float().softmax(-1))
     return torch.cat(out) if out else torch.empty(0, model.config.num_labels)
-
-
-@contextlib.contextmanager
-def suspend_input_require_grads(model: nn.Module):
-    """Detach, while the block runs, the hooks of ``transformers``' ``enable_input_require_grads``.
-
-    ``gradient_checkpointing_enable()`` (and peft) hook the input embeddings with
-    ``output.requires_grad_(True)``, which ``torch.func`` transforms reject: saliency, Eq. 5 and
-    every HVP through the embeddings would fail on such a model (case C13). The hooks are put
-    back afterwards, in their original order. Checkpointing itself is inactive in eval mode.
-    """
-    removed, orders = [], {}
-    for module in model.modules():
-        for handle in getattr(module, "_require_grads_hooks", None) or []:
-            hooks = handle.hooks_dict_ref()
-            if hooks is not None and handle.id in hooks:
-                orders.setdefault(id(hooks), (hooks, list(hooks)))
-                removed.append((hooks, handle.id, hooks.pop(handle.id)))
-    try:
-        yield model
-    finally:
-        for hooks, key, fn in removed:
-            hooks[key] = fn
-        for hooks, order in orders.values():
-            items = dict(hooks)
-            hooks.clear()
-            hooks.update({k: items[k] for k in order if k in items})
-            hooks.update({k: v for k, v in items.items() if k not in hooks})
 
 
 class Explainer:
@@ -156,14 +127,15 @@ class Explainer:
                 seen.add(label)
                 [sal] = saliency(self.model, self.tokenizer, [q.text], [label], mode=self.args.saliency_mode,
                                  target=self.args.saliency_target, max_length=self.args.max_length)
-                rows.append({"row": len(rows), "query": i, "role": role, "label": label, "saliency": sal, "text": q.text})
+                rows.append({"row": len(rows), "query": i, "role": role, "label": label, "saliency": sal,
+                             "salient_word": sal.rank(self.args.salient_by)[0], "text": q.text})
         return rows
 
     def _measurement_gradient(self, row: dict) -> torch.Tensor:
         enc, _, _ = encode_words(self.tokenizer, [row["text"]], self.args.max_length)
-        word = row["saliency"].most_salient
+        word = row["salient_word"]
         positions = [p for p, w in enumerate(enc.word_ids(0)) if w == word]
-        sign = 1.0 if row["saliency"].scores[word] >= 0 else -1.0
+        sign = -1.0 if self.args.salient_by == "magnitude" and row["saliency"].scores[word] < 0 else 1.0
         return sign * saliency_measurement_gradient(self.model, self.objective.params, model_inputs(dict(enc)),
                                                     row["label"], positions, mode=self.args.saliency_mode,
                                                     target=self.args.saliency_target)
@@ -219,7 +191,7 @@ class Explainer:
                 "label": row["label"], "label_name": self.label_names[row["label"]], "role": row["role"],
                 "probability": row["saliency"].probability,
                 "saliency": row["saliency"].scores,
-                "salient_word": row["saliency"].most_salient,
+                "salient_word": row["salient_word"],
                 "top_train": row["top_train"],
             } for row in rows],
             "diagnostics": {**diagnostics, "relative_residual": [

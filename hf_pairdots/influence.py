@@ -34,7 +34,7 @@ from .arguments import SolverOptions
 from .autograd import ParameterSet, directional_derivatives, hvp, select_parameters
 from .features import TopHead, compute_features, supports_top_head
 from .saliency import (_check_labels, embedding_gradient, encode_words, find_embedding_block, label_score,
-                       model_inputs, token_saliency)
+                       model_inputs, suspend_input_require_grads, token_saliency)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,7 +53,8 @@ def influence_mode(model: nn.Module):
     """Float32, eval mode, eager attention, unwrapped; restores the model's mode afterwards.
 
     A model whose parameters are not float32 (fp16/bf16 training) is deep-copied to float32, so
-    the trained weights are never changed. Yields the model to use.
+    the trained weights are never changed. The input-embedding hooks of gradient checkpointing
+    are suspended (:func:`~hf_pairdots.saliency.suspend_input_require_grads`). Yields the model.
     """
     model = unwrap_model(model)
     if any(p.dtype != torch.float32 for p in model.parameters()):
@@ -67,7 +68,8 @@ def influence_mode(model: nn.Module):
         model.set_attn_implementation("eager")  # SDPA/flash have no double backward (case C06)
     model.eval()
     try:
-        yield model
+        with suspend_input_require_grads(model):
+            yield model
     finally:
         for module, training in modes:
             module.training = training

@@ -253,7 +253,8 @@ def render_html(records: list[dict], meta: dict) -> str:
             {
                 "index": record["query_index"],
                 "text": record["text"],
-                "gold": f"{record['gold_name']} ({probs[record['gold']]:.3f})",
+                "gold": "unlabelled" if record["gold"] is None
+                else f"{record['gold_name']} ({probs[record['gold']]:.3f})",
                 "predicted": f"{record['predicted_name']} ({probs[record['predicted']]:.3f})",
                 "truncated_words": record.get("truncated_words", 0),
                 "diagnostics": _fmt(record.get("diagnostics", {})),

@@ -18,6 +18,7 @@ model's maximum length are reported as not scored (``None``), not as zero (case 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,8 +56,9 @@ def find_embedding_block(model: nn.Module, module_name: str | None = None) -> nn
         found = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
     if found is None:
         raise SaliencyError(
-            f"{type(model).__name__} has no embedding block, no get_input_embeddings() and no "
-            "nn.Embedding: saliency is impossible; pass embedding_module='<dotted name>'"
+            f"{type(model).__name__} has no embedding block (`<base model>.embeddings`), no "
+            "get_input_embeddings() and no nn.Embedding: saliency is impossible; give "
+            "find_embedding_block(model, module_name='<dotted name>') the module to use"
         )
     return found
 
@@ -80,6 +82,34 @@ class _Perturbation:
     def _hook(self, module, inputs, output):
         self.embeddings = output
         return output if self.delta is None else output + self.delta
+
+
+@contextlib.contextmanager
+def suspend_input_require_grads(model: nn.Module):
+    """Detach, while the block runs, the hooks of ``transformers``' ``enable_input_require_grads``.
+
+    ``gradient_checkpointing_enable()`` (and peft) hook the input embeddings with
+    ``output.requires_grad_(True)``, which ``torch.func`` transforms reject: saliency, Eq. 5 and
+    every HVP through the embeddings would fail on such a model (case C13). The hooks are put
+    back afterwards, in their original order. Checkpointing itself is inactive in eval mode.
+    """
+    removed, orders = [], {}
+    for module in model.modules():
+        for handle in getattr(module, "_require_grads_hooks", None) or []:
+            hooks = handle.hooks_dict_ref()
+            if hooks is not None and handle.id in hooks:
+                orders.setdefault(id(hooks), (hooks, list(hooks)))
+                removed.append((hooks, handle.id, hooks.pop(handle.id)))
+    try:
+        yield model
+    finally:
+        for hooks, key, fn in removed:
+            hooks[key] = fn
+        for hooks, order in orders.values():
+            items = dict(hooks)
+            hooks.clear()
+            hooks.update({k: items[k] for k in order if k in items})
+            hooks.update({k: v for k, v in items.items() if k not in hooks})
 
 
 def label_score(logits: Tensor, labels: Tensor, target: str = "prob") -> Tensor:
@@ -127,7 +157,7 @@ def embedding_gradient(model: nn.Module, batch: dict, labels: Tensor, *, target:
         scores = label_score(logits, labels, target)
         return scores.sum(), (scores, perturb.embeddings)
 
-    with _Perturbation(block) as perturb:
+    with _Perturbation(block) as perturb, suspend_input_require_grads(model):
         zeros = torch.zeros((*labels.shape, _sequence_length(inputs), _embedding_dim(model)), device=labels.device)
         grad, (scores, embeddings) = torch.func.grad(total_score, has_aux=True)(zeros)
     return grad, embeddings, scores

@@ -28,10 +28,10 @@ from hf_pairdots.arguments import ExplainArguments, SolverOptions
 from hf_pairdots.callback import META_NAME, PairDotsCallback, explain_dataset
 from hf_pairdots.cli import main as cli_main
 from hf_pairdots.data import load_text_classification
-from hf_pairdots.explain import predict_proba, suspend_input_require_grads
+from hf_pairdots.explain import predict_proba
 from hf_pairdots.models import load_classifier, load_tokenizer, tiny_bert
 from hf_pairdots.report import JSONL_NAME, REPORT_NAME, ExplanationStore
-from hf_pairdots.saliency import SaliencyError, saliency
+from hf_pairdots.saliency import SaliencyError, saliency, suspend_input_require_grads
 from hf_pairdots.training import tokenize_dataset
 
 TRAIN = [("a good film", 1), ("a bad film", 0), ("the plot was fine", 1), ("awful acting here", 0),
@@ -272,9 +272,6 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tok, tmp_path):
 # 3. Bad query rows
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="report.render_html formats probs[record['gold']] and fails for gold=None "
-                          "(unlabelled queries); the records themselves are right")
 def test_unlabelled_queries_explain_the_predicted_label_only(tok, train, tmp_path):
     dev = datasets.Dataset.from_dict({"text": [t for t, _ in DEV[:2]]})
     summary = explain_dataset(tiny_bert(), tok, train, dev, _args(), tmp_path)
@@ -394,13 +391,13 @@ def test_C13_gradient_checkpointing_saliency_unchanged(tok, reentrant):
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="saliency() itself does not suspend transformers' enable_input_require_grads hook "
-                          "(output.requires_grad_ inside torch.func.grad); explain_dataset does")
 def test_C13_saliency_on_a_checkpointed_model_without_help(tok):
-    model = _frozen_embeddings_model()
+    plain = _frozen_embeddings_model()
+    model = copy.deepcopy(plain)
     model.gradient_checkpointing_enable()
-    saliency(model.eval(), tok, ["a fine film"], [1], max_length=16)
+    got = saliency(model.eval(), tok, ["a fine film"], [1], max_length=16)[0].scores
+    expected = saliency(plain.eval(), tok, ["a fine film"], [1], max_length=16)[0].scores
+    assert torch.allclose(torch.tensor(got), torch.tensor(expected), rtol=1e-5, atol=1e-12)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
