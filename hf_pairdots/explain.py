@@ -94,7 +94,8 @@ class Explainer:
         """Explanation records (schema in docs/ARCHITECTURE.md) for ``queries``, in order.
 
         Cost: one LiSSA run for all 1-2 x len(queries) measurements together, one forward-mode
-        pass over the training set, and one pass over W + 1 variants of each top-k example.
+        pass over the training set, and one pass over W + 1 variants of each distinct top-k
+        example (shared by every measurement whose top-k holds it).
         """
         if not queries:
             return []
@@ -104,8 +105,10 @@ class Explainer:
         v = torch.stack([self._measurement_gradient(row) for row in rows])
         result = compute_s_test(self.objective, self.data, v, self.solver, lowrank=self.lowrank)
         scores = train_influence(self.objective, self.data, result.x)
-        for r, row in enumerate(tqdm(rows, disable=not self.show_progress, desc="responsible words")):
-            row["top_train"] = self._top_train(scores[r], result.x[r:r + 1], row["role"])
+        tops = [torch.topk(scores[r], min(self.args.top_k, scores.shape[1])) for r in range(len(rows))]
+        per_word = self._word_influence(tops, result.x)
+        for r, row in enumerate(tqdm(rows, disable=not self.show_progress, desc="edits" if self.lexicon else "rows")):
+            row["top_train"] = self._top_train(tops[r], per_word, r, result.x[r:r + 1], row["role"])
         diagnostics = {k: v for k, v in result.diagnostics.items() if k not in ("relative_residual", "norm_trace")}
         return [self._record(q, probs[i], [row for row in rows if row["query"] == i], result, diagnostics)
                 for i, q in enumerate(queries)]
@@ -140,15 +143,26 @@ class Explainer:
                                                     row["label"], positions, mode=self.args.saliency_mode,
                                                     target=self.args.saliency_target)
 
-    def _top_train(self, scores: torch.Tensor, s_test: torch.Tensor, role: str) -> list[dict]:
-        k = min(self.args.top_k, len(scores))
-        top = torch.topk(scores, k)
+    def _word_influence(self, tops, s_test: torch.Tensor) -> dict[tuple[int, int], torch.Tensor]:
+        """Eq. 8 scores ``(W,)`` keyed by (row, training index), each distinct training example's
+        erased variants prepared once for all the rows whose top-k holds it."""
+        rows_of: dict[int, list[int]] = {}
+        for r, top in enumerate(tops):
+            for index in top.indices.tolist():
+                rows_of.setdefault(index, []).append(r)
+        out = {}
+        for index, rows in tqdm(rows_of.items(), disable=not self.show_progress, desc="responsible words"):
+            scores = word_influence(self.objective, self.tokenizer, self.train_texts[index], self.train_labels[index],
+                                    s_test[rows], eraser=self.args.eraser, max_length=self.args.max_length)
+            out.update({(r, index): scores[j] for j, r in enumerate(rows)})
+        return out
+
+    def _top_train(self, top, per_word_of: dict, r: int, s_test: torch.Tensor, role: str) -> list[dict]:
         out = []
-        edit_top_k = k if self.args.edit_top_k is None else self.args.edit_top_k
+        edit_top_k = len(top.indices) if self.args.edit_top_k is None else self.args.edit_top_k
         for rank, (influence, index) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
             text, label = self.train_texts[index], self.train_labels[index]
-            per_word = word_influence(self.objective, self.tokenizer, text, label, s_test,
-                                      eraser=self.args.eraser, max_length=self.args.max_length)[0]
+            per_word = per_word_of[(r, index)]
             _, _, [cut] = encode_words(self.tokenizer, [text], self.args.max_length)
             kept = len(text.split()) - cut
             word_scores = [float(x) if t < kept else None for t, x in enumerate(per_word.tolist())]
