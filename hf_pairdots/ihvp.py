@@ -157,6 +157,19 @@ def exact_solve(hessian: Tensor, v: Tensor, *, damping: float) -> IHVPResult:
     return IHVPResult(x, {"solver": "exact", "damping": damping})
 
 
+def _scipy_operator(hvp: HVP, num_params: int, seed: int):
+    """H as a float64 ``scipy.sparse.linalg.LinearOperator`` (float32 HVPs inside) and a seeded start vector."""
+    import numpy as np
+    from scipy.sparse.linalg import LinearOperator
+
+    def matvec(x):
+        u = torch.from_numpy(np.asarray(x, dtype=np.float32).reshape(1, -1))
+        return hvp(u).detach()[0].double().numpy()
+
+    start = torch.randn(num_params, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).numpy()
+    return LinearOperator((num_params, num_params), matvec=matvec, dtype=np.float64), start
+
+
 def extreme_eigenvalues(hvp: HVP, num_params: int, *, iters: int = 20, seed: int = 0,
                         tol: float = 1e-2) -> tuple[float, float]:
     """Estimate (λ_min, λ_max) of the symmetric H by Lanczos (ARPACK, ``scipy.sparse.linalg.eigsh``).
@@ -167,19 +180,12 @@ def extreme_eigenvalues(hvp: HVP, num_params: int, *, iters: int = 20, seed: int
     Cost: about ``iters`` to 5 x ``iters`` HVPs with one vector. For P ≤ 2 the spectrum is
     computed exactly from the explicit Hessian.
     """
-    import numpy as np
-    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+    from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
     if num_params <= 2:
         values = torch.linalg.eigvalsh(explicit_hessian(hvp, num_params).double())
         return float(values[0]), float(values[-1])
-
-    def matvec(x):
-        u = torch.from_numpy(np.asarray(x, dtype=np.float32).reshape(1, -1))
-        return hvp(u).detach()[0].double().numpy()
-
-    operator = LinearOperator((num_params, num_params), matvec=matvec, dtype=np.float64)
-    start = torch.randn(num_params, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).numpy()
+    operator, start = _scipy_operator(hvp, num_params, seed)
     ncv = min(num_params, max(iters, 4))
     try:
         values = eigsh(operator, k=2, which="BE", v0=start, ncv=ncv, maxiter=5, tol=tol, return_eigenvectors=False)
@@ -235,17 +241,10 @@ def top_eigenpairs(hvp: HVP, num_params: int, rank: int, *, seed: int = 0, tol: 
 
     Cost: a few x ``rank`` HVPs with one vector, paid once and reused for every query.
     """
-    import numpy as np
-    from scipy.sparse.linalg import LinearOperator, eigsh
+    from scipy.sparse.linalg import eigsh
 
     rank = min(rank, num_params - 1)
-
-    def matvec(x):
-        u = torch.from_numpy(np.asarray(x, dtype=np.float32).reshape(1, -1))
-        return hvp(u).detach()[0].double().numpy()
-
-    operator = LinearOperator((num_params, num_params), matvec=matvec, dtype=np.float64)
-    start = torch.randn(num_params, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).numpy()
+    operator, start = _scipy_operator(hvp, num_params, seed)
     values, vectors = eigsh(operator, k=rank, which="LM", v0=start, tol=tol, ncv=min(num_params, 2 * rank + 1))
     return LowRankHessian(torch.from_numpy(values).float(), torch.from_numpy(vectors).float())
 

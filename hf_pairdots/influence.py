@@ -215,12 +215,15 @@ def _mean_hvp(objective: Objective, batches: list[dict], v: Tensor) -> Tensor:
     return out
 
 
-def _batch_hvp(objective: Objective, batch: dict, v: Tensor) -> Tensor:
-    def loss(theta):
-        return objective.mean_loss(theta, batch)
+def _per_row(objective: Objective, product, fn, v: Tensor) -> Tensor:
+    """``product(fn, θ, v)`` for the rows of ``v``: vectorised (vmap) when the objective allows it."""
     if objective.vectorized:
-        return hvp(loss, objective.theta, v)
-    return torch.stack([hvp(loss, objective.theta, row) for row in v])
+        return product(fn, objective.theta, v)
+    return torch.stack([product(fn, objective.theta, row) for row in v])
+
+
+def _batch_hvp(objective: Objective, batch: dict, v: Tensor) -> Tensor:
+    return _per_row(objective, hvp, lambda theta: objective.mean_loss(theta, batch), v)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,11 +355,7 @@ def compute_s_test(objective: Objective, data: PreparedData, v: Tensor, options:
 
 def _loss_directional(objective: Objective, batch: dict, s_test: Tensor) -> Tensor:
     """``(Q, B)``: ∇θL(z_i)ᵀ s_q for the examples of a prepared batch."""
-    def losses(theta):
-        return objective.per_example_loss(theta, batch)
-    if objective.vectorized:
-        return directional_derivatives(losses, objective.theta, s_test)
-    return torch.stack([directional_derivatives(losses, objective.theta, s) for s in s_test])
+    return _per_row(objective, directional_derivatives, lambda theta: objective.per_example_loss(theta, batch), s_test)
 
 
 def train_influence(objective: Objective, data: PreparedData, s_test: Tensor) -> Tensor:
