@@ -33,6 +33,8 @@ from hf_pairdots.augment.lexicon import Lexicon, WordNetUnavailable, ensure_word
 from hf_pairdots.augment.search import OBJECTIVES, random_edit
 from hf_pairdots.hub import CardInfo, HubUnavailable, push_augmented, render_card, save_augmented, source_info
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 NAMES = ["negative", "positive"]
 TRAIN_TEXTS = [
     "a good movie with a great cast",
@@ -46,14 +48,6 @@ TRAIN_TEXTS = [
 ]
 TRAIN_LABELS = [1, 0, 1, 0, 1, 0, 1, 0]
 SHARED_SST = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst_sentence"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

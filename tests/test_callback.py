@@ -11,7 +11,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 from hf_pairdots.arguments import ExplainArguments, SolverOptions
 from hf_pairdots.callback import PairDotsCallback, explain_dataset
 from hf_pairdots.explain import Explainer
-from hf_pairdots.models import load_tokenizer, tiny_bert
+from hf_pairdots.models import tiny_bert
 from hf_pairdots.report import JSONL_NAME, REPORT_NAME
 from hf_pairdots.training import tokenize_dataset
 
@@ -22,11 +22,6 @@ PLANTED = 50  # row index of the only training example that contains "zebra"
 
 def _dataset(rows):
     return datasets.Dataset.from_list(rows).cast_column("label", datasets.ClassLabel(names=NAMES))
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
 
 
 @pytest.fixture(scope="module")

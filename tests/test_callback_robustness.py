@@ -34,6 +34,8 @@ from hf_pairdots.report import JSONL_NAME, REPORT_NAME, ExplanationStore
 from hf_pairdots.saliency import SaliencyError, saliency, suspend_input_require_grads
 from hf_pairdots.training import tokenize_dataset
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TRAIN = [("a good film", 1), ("a bad film", 0), ("the plot was fine", 1), ("awful acting here", 0),
          ("a great story", 1), ("boring scene again", 0), ("the actor was great", 1), ("the movie was dull", 0)]
 DEV = [("a good story", 1), ("bad plot", 0), ("fine film", 0), ("dull acting", 1)]
@@ -79,20 +81,6 @@ def _floats(value):
 def _leftovers(folder) -> list[str]:
     """Temp files/folders of the atomic writers (``.<name>.*.tmp``, ``.<name>.old``)."""
     return [str(p) for p in Path(folder).rglob("*") if p.name.startswith(".") or p.name.endswith((".tmp", ".old"))]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is faster, and fair to a job running next to this one."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
 
 
 @pytest.fixture(scope="module")

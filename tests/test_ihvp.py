@@ -24,19 +24,12 @@ from hf_pairdots.ihvp import (
     top_eigenpairs,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 P, N, Q = 10, 200, 3
 ALPHA = 0.05  # L2 coefficient inside the per-example loss
 DAMPING = 0.01
 F64 = torch.float64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny problems: one intra-op thread is fastest and immune to a busy second core.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _data(seed=0):

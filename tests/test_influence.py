@@ -42,6 +42,8 @@ from hf_pairdots.influence import (
 from hf_pairdots.models import load_tokenizer, tiny_bert
 from hf_pairdots.saliency import encode_words, model_inputs
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 F64 = torch.float64
 TEXTS = [
     "a good movie",
@@ -52,20 +54,6 @@ TEXTS = [
     "fine , i guess",
 ]
 LABELS = [1, 0, 1, 0, 0, 1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: one intra-op thread is fastest and immune to a busy second core.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -37,8 +37,10 @@ from hf_pairdots.influence import (
     train_influence,
     train_influence_by_gradients,
 )
-from hf_pairdots.models import load_tokenizer, tiny_bert
+from hf_pairdots.models import tiny_bert
 from hf_pairdots.saliency import encode_words, find_embedding_block, model_inputs, saliency
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 F64 = torch.float64
 POS = ["a good movie", "great acting", "i loved it", "a fun and good plot", "wonderful film", "really great fun"]
@@ -48,19 +50,6 @@ C10_TEXTS = POS + NEG + [TEST_TEXT, TEST_TEXT]
 C10_LABELS = [1] * 6 + [0] * 6 + [TEST_LABEL, 1 - TEST_LABEL]
 DUP, FLIP = 12, 13
 C10_DAMPING = 2.0  # the trained LoRA Hessian is indefinite (λ_min ≈ -1.27); checked below
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
 
 
 def lora(seed=0):

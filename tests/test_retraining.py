@@ -50,20 +50,14 @@ from hf_pairdots.influence import (
     word_influence,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 F64 = torch.float64
 VOCAB, DIM, K = 32, 5, 3
 PAD, UNK = 0, 1
 ALPHA = 0.01
 EPS = 1e-3
 N = 40
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 # --------------------------------------------------------------------------------------------

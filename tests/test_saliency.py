@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import BertConfig
 
-from hf_pairdots.models import load_classifier, load_tokenizer, tiny_bert
+from hf_pairdots.models import load_classifier, tiny_bert
 from hf_pairdots.saliency import (
     SaliencyError,
     embedding_gradient,
@@ -23,6 +23,8 @@ from hf_pairdots.saliency import (
     word_scores,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 F64 = torch.float64
 TEXTS = [
     "i loved it !",
@@ -31,19 +33,6 @@ TEXTS = [
     "antidisestablishmentarianism ruined a wonderful evening",
 ]
 RARE = "antidisestablishmentarianism"  # 8 word pieces with the MiniLM WordPiece vocabulary
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
 
 
 @pytest.fixture(scope="module")

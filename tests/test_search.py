@@ -33,8 +33,10 @@ from hf_pairdots.influence import (
     saliency_measurement_gradient,
     word_influence,
 )
-from hf_pairdots.models import load_tokenizer, tiny_bert
+from hf_pairdots.models import tiny_bert
 from hf_pairdots.saliency import encode_words, model_inputs, saliency
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # Twenty training texts long enough that T = 5 sampled positions do not cover every candidate.
 TEXTS = [
@@ -81,14 +83,6 @@ LABELS = [1, 0, 1, 0, 1, 0, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1]
 QUERY = "a wonderful and moving film"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def lexicon():
     try:
@@ -96,11 +90,6 @@ def lexicon():
     except WordNetUnavailable:
         install_wordnet()
     return Lexicon()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
 
 
 @pytest.fixture(scope="module")
