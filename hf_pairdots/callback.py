@@ -12,7 +12,9 @@ skipped on a rerun), ``explanations/`` (the same as a ``datasets.Dataset``), ``r
 ``explain_args.json`` and ``meta.json`` (which weights were explained: ``global_step`` and
 ``best_model_checkpoint``; the summary; the skipped rows and why). It only reads the model
 (float32 copy for fp16/bf16 training, eval mode, mode restored afterwards), changes nothing but
-``control``, and writes on the main process only.
+``control``, and writes on the main process only. With several processes (``accelerate launch``)
+every rank takes part in the explanation (the pass over the training set is split by rank and
+gathered by id, :mod:`hf_pairdots.distributed`) and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from transformers import TrainerCallback
 
 from .arguments import ExplainArguments
+from .distributed import broadcast_object, is_distributed, is_main_process
 from .explain import Explainer, Query, predict_proba
 from .influence import influence_mode
 from .report import ExplanationStore, atomic_write_text, write_dataset, write_report
@@ -93,8 +96,8 @@ class PairDotsCallback(TrainerCallback):
         return control
 
     def _run(self, out: Path, train_args, state, kwargs) -> None:
-        if not state.is_world_process_zero:
-            return
+        if not state.is_world_process_zero and not is_distributed():
+            return  # every rank scores its shard when there is a process group; rank 0 writes
         tokenizer = self.tokenizer or kwargs.get("processing_class")
         train = self.train_dataset or getattr(kwargs.get("train_dataloader"), "dataset", None)
         if tokenizer is None:
@@ -120,6 +123,10 @@ def explain_dataset(model, tokenizer, train, queries_ds, args: ExplainArguments,
     explains the predicted label only, ``"misclassified"`` selects nothing. ``meta`` (e.g. the
     step and checkpoint of the weights) is written with the summary to ``meta.json`` and shown in
     the report. Returns a summary: number of queries, skipped rows, mean top-1 influence, seconds.
+
+    Under ``torch.distributed`` (several processes) call it on every rank: rank 0 decides what
+    is pending and alone writes; the other ranks score their shard of the training set and
+    return rank 0's summary.
     """
     with influence_mode(model) as model:
         return _explain_dataset(model, tokenizer, train, queries_ds, args, Path(out), chunk_size, show_progress,
@@ -128,9 +135,11 @@ def explain_dataset(model, tokenizer, train, queries_ds, args: ExplainArguments,
 
 def _explain_dataset(model, tokenizer, train, queries_ds, args, out: Path, chunk_size, show_progress, meta) -> dict:
     start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    args.to_json(out / "explain_args.json")
-    store = ExplanationStore(out)
+    main = is_main_process()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        args.to_json(out / "explain_args.json")
+    store = ExplanationStore(out) if main else None
     texts = list(queries_ds["text"])
     golds = list(queries_ds["label"]) if "label" in queries_ds.column_names else [None] * len(texts)
     nonempty = [i for i, t in enumerate(texts) if t.strip()]
@@ -139,12 +148,19 @@ def _explain_dataset(model, tokenizer, train, queries_ds, args, out: Path, chunk
     probs = torch.zeros(len(texts), model.config.num_labels)
     probs[nonempty] = probs_nonempty
     queries, skipped = select_queries(texts, golds, probs, args)
-    pending = [q for q in queries if q.index not in store.done_indices()]
+    pending = [q for q in queries if q.index not in store.done_indices()] if main else []
+    if is_distributed():  # rank 0's store decides; every rank must run the same chunks
+        [pending_indices] = broadcast_object([q.index for q in pending])
+        pending = [q for q in queries if q.index in set(pending_indices)]
     if pending:
-        explainer = Explainer(model, tokenizer, train["text"], train["label"], args, show_progress=show_progress)
+        explainer = Explainer(model, tokenizer, train["text"], train["label"], args,
+                              show_progress=show_progress and main)
         for begin in range(0, len(pending), chunk_size):
             for record in explainer.explain(pending[begin:begin + chunk_size]):
-                store.append(record)
+                if main:
+                    store.append(record)
+    if not main:
+        return broadcast_object(None)[0]
     records = [r for r in store.records() if r["query_index"] in {q.index for q in queries}]
     write_dataset(records, out / "explanations")
     top1 = [entry["top_train"][0]["influence"] for r in records for entry in r["labels"] if entry["top_train"]]
@@ -154,4 +170,6 @@ def _explain_dataset(model, tokenizer, train, queries_ds, args, out: Path, chunk
     full_meta = {**meta, **summary, "skipped_rows": skipped, "train_size": len(train)}
     atomic_write_text(out / META_NAME, json.dumps(full_meta, indent=2, default=str) + "\n")
     write_report(out, records, full_meta)
+    if is_distributed():
+        broadcast_object(summary)
     return summary

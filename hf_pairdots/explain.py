@@ -29,8 +29,9 @@ from tqdm.auto import tqdm
 from .arguments import ExplainArguments
 from .augment.lexicon import Lexicon, ensure_wordnet
 from .augment.search import OBJECTIVES, search_edit
+from .distributed import broadcast_tensor, sharded_train_influence
 from .influence import (compute_s_test, lowrank_hessian, make_objective, prepare_data, resolve_damping_scale,
-                        saliency_measurement_gradient, train_influence, word_influence)
+                        saliency_measurement_gradient, word_influence)
 from .saliency import encode_words, find_embedding_block, model_inputs, saliency
 
 
@@ -104,7 +105,10 @@ class Explainer:
         rows = self._rows(queries, probs)
         v = torch.stack([self._measurement_gradient(row) for row in rows])
         result = compute_s_test(self.objective, self.data, v, self.solver, lowrank=self.lowrank)
-        scores = train_influence(self.objective, self.data, result.x)
+        # Several processes: s_test is solved on every rank and rank 0's copy kept, so every rank
+        # scores with the same vector; the training pass is split by rank and gathered by id.
+        result.x = broadcast_tensor(result.x)
+        scores = sharded_train_influence(self.objective, self.data, result.x)
         tops = [torch.topk(scores[r], min(self.args.top_k, scores.shape[1])) for r in range(len(rows))]
         per_word = self._word_influence(tops, result.x)
         for r, row in enumerate(tqdm(rows, disable=not self.show_progress, desc="edits" if self.lexicon else "rows")):
