@@ -62,6 +62,11 @@ class SolverOptions(_Serializable):
         power_iters: HVPs per power iteration (eigenvalue estimates).
         cg_tol, cg_max_iter: CG stopping rule (relative residual, iterations).
         rank: eigenpairs kept by the low-rank solver.
+        keep_repeats: LiSSA only: keep the R per-repeat solutions (``diagnostics["repeats"]``,
+            ``(R, Q, P)``) for the top-k stability check of :mod:`hf_pairdots.stability`.
+            With ``repeat > 1`` the spread of the repeats is reported either way.
+        cache_dir: folder of an :class:`hf_pairdots.cache.STestCache` for s_test (``None`` = no
+            cache). Neither this nor ``keep_repeats`` is part of the cache key.
     """
 
     solver: str = "lissa"
@@ -76,8 +81,14 @@ class SolverOptions(_Serializable):
     cg_tol: float = 1e-4
     cg_max_iter: int = 300
     rank: int = 50
+    keep_repeats: bool = False
+    cache_dir: str | None = None
 
     def __post_init__(self):
+        if not isinstance(self.keep_repeats, bool):
+            raise ValueError(f"SolverOptions.keep_repeats={self.keep_repeats!r}: must be True or False")
+        if self.cache_dir is not None:
+            self.cache_dir = str(self.cache_dir)
         if self.solver not in SOLVERS:
             raise ValueError(f"SolverOptions.solver={self.solver!r}: use one of {SOLVERS}")
         _positive("SolverOptions", scale=self.scale, depth=self.depth, repeat=self.repeat,

@@ -58,6 +58,24 @@ class ParameterSet:
 
 
 PRESETS = ("all", "top", "head", "classifier", "lora")
+"""Fixed preset names; ``"last:K"`` (the last K encoder layers + head) is accepted besides these."""
+
+LAST_PREFIX = "last:"
+
+
+def _parse_last(preset: str, num_layers: int | None) -> int:
+    """K of a ``"last:K"`` preset, checked against the model's number of encoder layers."""
+    text = preset[len(LAST_PREFIX):]
+    if not text.strip().isdigit():
+        raise ValueError(f"params={preset!r}: write 'last:K' with an integer K >= 1, e.g. 'last:2'")
+    k = int(text)
+    if num_layers is None:
+        raise ValueError(f"params={preset!r} needs an encoder with `.encoder.layer` (BERT family); "
+                         "pass params='all', 'classifier', or a list of name patterns instead.")
+    if not 1 <= k <= num_layers:
+        raise ValueError(f"params={preset!r}: K={k} is out of range; this model has {num_layers} encoder "
+                         f"layers, so use 1 <= K <= {num_layers}")
+    return k
 
 
 def _encoder_layers(model: nn.Module):
@@ -81,6 +99,10 @@ def _preset_patterns(model: nn.Module, preset: str) -> list[str]:
     if preset == "head":
         return head
     layers = _encoder_layers(inner)
+    if preset.startswith(LAST_PREFIX):
+        n = None if layers is None else len(layers)
+        k = _parse_last(preset, n)
+        return [f"{prefix}{base}.encoder.layer.{i}.*" for i in range(n - k, n)] + head
     if layers is None:
         raise ValueError(f"params={preset!r} needs an encoder with `.encoder.layer` (BERT family); "
                          "pass params='all', 'classifier', or a list of name patterns instead.")
@@ -102,18 +124,26 @@ def select_parameters(model: nn.Module, params: str | Sequence[str] = "head") ->
             * ``"head"`` (default): the pooler and the classifier (0.15 M for MiniLM-L6; cached
               too, about 9x cheaper per HVP than ``"top"``);
             * ``"classifier"``: parameters outside the base model (the classification head);
-            * ``"lora"``: the LoRA adapter weights of a peft model.
+            * ``"lora"``: the LoRA adapter weights of a peft model;
+            * ``"last:K"`` (BERT family, 1 <= K <= number of encoder layers): every parameter of
+              the last K encoder layers (attention and feed-forward), the pooler and the
+              classifier. Unlike ``"top"`` this is not cached by :mod:`hf_pairdots.features`:
+              influence then runs through the full model (one full forward/HVP pass per
+              example). For MiniLM-L6, ``"last:1"`` is 1.78 M + 0.15 M parameters; each extra layer
+              adds 1.78 M. On a peft model only the trainable parameters inside those layers
+              (the adapters) and the trainable head copy are taken, as with the other presets.
 
     Returns:
         A :class:`ParameterSet`. Frozen parameters (``requires_grad=False``) are left out and tied
         parameters are counted once (case C07).
 
     Raises:
-        ValueError: unknown preset, or no trainable parameter matches.
+        ValueError: unknown preset, ``"last:K"`` with K out of range or on a model without
+            ``.encoder.layer``, or no trainable parameter matches.
     """
     if isinstance(params, str):
-        if params not in PRESETS:
-            raise ValueError(f"params={params!r}: use one of {PRESETS} or a list of name patterns")
+        if params not in PRESETS and not params.startswith(LAST_PREFIX):
+            raise ValueError(f"params={params!r}: use one of {PRESETS}, 'last:K', or a list of name patterns")
         patterns = _preset_patterns(model, params)
     else:
         patterns = list(params)

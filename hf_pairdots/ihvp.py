@@ -44,7 +44,8 @@ class IHVPResult:
 
 
 def lissa(hvp_sample: Callable[[Tensor, int], Tensor], v: Tensor, *, damping: float, scale: float,
-          depth: int = 200, repeat: int = 1, tail_fraction: float = 0.5, check_every: int = 10) -> IHVPResult:
+          depth: int = 200, repeat: int = 1, tail_fraction: float = 0.5, check_every: int = 10,
+          keep_repeats: bool = False) -> IHVPResult:
     """LiSSA: x ≈ (H + λI)⁻¹ v by the recursion of App. B with damping and scale.
 
     h_0 = v,  h_t = v + h_{t-1} - (H_t + λI) h_{t-1} / σ,  x = mean of the last ``tail_fraction``
@@ -60,10 +61,19 @@ def lissa(hvp_sample: Callable[[Tensor, int], Tensor], v: Tensor, *, damping: fl
         hvp_sample: ``(V (Q, P), step) -> H_step V``, the stochastic HVP.
         v: ``(Q, P)`` right-hand sides.
         damping: λ ≥ 0; scale: σ > 0; depth: T ≥ 1; repeat: R ≥ 1 independent runs.
+        keep_repeats: also return the R per-repeat solutions x_r as ``diagnostics["repeats"]``,
+            a ``(R, Q, P)`` tensor (memory R x Q x P floats; a tensor, so drop it before writing
+            diagnostics as JSON). Feed it to :func:`hf_pairdots.stability.topk_overlap` through
+            the training-side scores.
 
     Returns:
-        :class:`IHVPResult`. Cost: depth x repeat stochastic HVPs (each ≈ 2-3 backward passes of
-        a mini-batch, Q vectors at once).
+        :class:`IHVPResult`. With ``repeat > 1`` the diagnostics hold the agreement of the
+        repeats: ``repeat_relative_spread`` = mean over queries of
+        sqrt(mean_r ||x_r - x̄||²) / ||x̄|| (the standard deviation across repeats relative to
+        their mean; 0 for a deterministic HVP) and ``repeat_relative_spread_per_query`` (Q
+        floats). It is computed online (Welford), with one extra ``(Q, P)`` buffer.
+        Cost: depth x repeat stochastic HVPs (each ≈ 2-3 backward passes of a mini-batch, Q
+        vectors at once).
 
     Raises:
         LissaDivergenceError: an iterate is non-finite or exceeds 10 σ||v||/λ (the bound for
@@ -76,6 +86,9 @@ def lissa(hvp_sample: Callable[[Tensor, int], Tensor], v: Tensor, *, damping: fl
     bound = 10 * scale / max(damping, 1e-12)
     start = min(depth - 1, int(depth * (1 - tail_fraction)))
     total = torch.zeros_like(v)
+    mean = torch.zeros_like(v)  # Welford running mean of the per-repeat solutions
+    sq = torch.zeros(v.shape[0], dtype=v.dtype)  # running Σ_r ||x_r - x̄||² per query
+    repeats = []
     trace = []
     for r in range(repeat):
         h = v.clone()
@@ -100,9 +113,23 @@ def lissa(hvp_sample: Callable[[Tensor, int], Tensor], v: Tensor, *, damping: fl
             if t > start:
                 tail += h
         total += tail / (depth - start)
+        if repeat > 1 or keep_repeats:
+            x_r = tail / ((depth - start) * scale)
+            delta = x_r - mean
+            mean += delta / (r + 1)
+            sq += (delta * (x_r - mean)).sum(1)
+            if keep_repeats:
+                repeats.append(x_r)
     x = total / (repeat * scale)
-    return IHVPResult(x, {"solver": "lissa", "damping": damping, "scale": scale, "depth": depth,
-                          "repeat": repeat, "norm_trace": trace})
+    diagnostics = {"solver": "lissa", "damping": damping, "scale": scale, "depth": depth,
+                   "repeat": repeat, "norm_trace": trace}
+    if repeat > 1:
+        spread = (sq.clamp_min(0) / repeat).sqrt() / mean.norm(dim=1).clamp_min(torch.finfo(v.dtype).tiny)
+        diagnostics["repeat_relative_spread"] = float(spread.mean())
+        diagnostics["repeat_relative_spread_per_query"] = spread.tolist()
+    if keep_repeats:
+        diagnostics["repeats"] = torch.stack(repeats)
+    return IHVPResult(x, diagnostics)
 
 
 def conjugate_gradient(hvp: HVP, v: Tensor, *, damping: float, tol: float = 1e-6, max_iter: int = 200) -> IHVPResult:
