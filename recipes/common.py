@@ -159,7 +159,7 @@ class Results:
         return self.data[setting_key(objective, k, seed)]
 
     def put(self, objective: str, k: int, seed: int, metrics: dict) -> None:
-        self.data[setting_key(objective, k, seed)] = {"objective": objective, "k": k, "seed": seed, **metrics}
+        self.data[setting_key(objective, k, seed)] = {**metrics, "objective": objective, "k": k, "seed": seed}
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True))
         tmp.replace(self.path)

@@ -116,6 +116,9 @@ def test_fix_end_to_end_and_resume(tmp_path, monkeypatch):
             r, b = results[f"fix|k={k}|seed={seed}"], results[f"random:fix|k={k}|seed={seed}"]
             assert r["train_rows"] == 80 + r["edits"] and b["train_rows"] == 80 + b["edits"]
             assert {"dev_accuracy", "test_accuracy"} <= set(r)
+    assert "| 0 (unedited) | " in (out / "figure2_dev.md").read_text()
+    assert "(n=2)" in (out / "figure2_dev.md").read_text().split("| 0 (unedited) |")[1].split("\n")[0]
+    assert all(results[f"{m}|k=0|seed={s}"]["objective"] == m for m in ("fix", "random:fix") for s in (0, 1))
     assert any(results[f"fix|k=2|seed={s}"]["edits"] > 0 for s in (0, 1)), "no dev error was fixed by an edit"
     _check_cards(out, {k: v for k, v in results.items() if "|k=0|" not in k or k.startswith("unedited")})
 
