@@ -145,5 +145,9 @@ def test_configs_and_paper_scale():
 def test_attack_beats_random_on_planted_signal(tmp_path):
     """Sec. 4.2's claim on a task with a planted signal: the influence attack lowers accuracy on
     the attacked queries more than random substitutions with the same budget."""
-    pytest.xfail("not validated within the issue-#6 deadline: on the tiny synthetic task the attack/random gap "
-                 "was not measured over enough seeds to assert it robustly (see report)")
+    pytest.xfail(
+        "not robust within the issue-#6 deadline, and the one measurement contradicts it: tiny_bert, 80 planted-cue "
+        "sentences, 8 queries, attack_combined, seeds 0-2 gave query accuracy (mean, %) unedited 91.7, k=2: attack "
+        "87.5 vs random 66.7, k=4: attack 87.5 vs random 58.3 -- the tiny model's training is unstable (random "
+        "edits of the cue words collapse some runs to 50%), so this needs a stabler toy (more rows/epochs or a "
+        "linear-probe model) before it can be asserted")
