@@ -68,7 +68,7 @@ def training_function(config: dict, args) -> dict:
     ks, seeds = config["ks"], config["seeds"]
 
     def card(objective, k, seed, metrics, n_edits, how, model):
-        common.write_model_card(out / "cards" / common.setting_key(objective, k, seed).replace("|", "_"),
+        common.write_model_card(out / "cards" / common.setting_key(objective, k, seed).replace("|", "_").replace(":", "-"),
                                 config=config, data_spec=spec, train_rows=len(train), objective=objective, k=k,
                                 seed=seed, edits_description=how, num_edits=n_edits, metrics=metrics,
                                 recipe="attack", model=model, tokenizer=tokenizer, save_model=args.save_models)

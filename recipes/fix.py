@@ -73,7 +73,7 @@ def training_function(config: dict, args) -> dict:
                    "test_accuracy": common.evaluate_model(model, tokenizer, test, config),
                    "edits": n_edits, "train_rows": len(rows), "seconds": round(time.perf_counter() - t, 1)}
         results.put(objective, k, seed, metrics)
-        common.write_model_card(out / "cards" / common.setting_key(objective, k, seed).replace("|", "_"),
+        common.write_model_card(out / "cards" / common.setting_key(objective, k, seed).replace("|", "_").replace(":", "-"),
                                 config=config, data_spec=spec, train_rows=len(rows), objective=objective, k=k,
                                 seed=seed, edits_description=how, num_edits=n_edits, metrics=metrics, recipe="fix",
                                 model=model, tokenizer=tokenizer, save_model=args.save_models)
