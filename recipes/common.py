@@ -19,7 +19,9 @@ import statistics
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1") if not os.environ.get("PAIRDOTS_ONLINE") else None
+_SET_OFFLINE = "HF_HUB_OFFLINE" not in os.environ and not os.environ.get("PAIRDOTS_ONLINE")
+if _SET_OFFLINE:  # CPU defaults are offline; --paper-scale lifts it (bert-base-uncased comes from the Hub)
+    os.environ["HF_HUB_OFFLINE"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -290,6 +292,8 @@ def common_arguments(parser):
 
 
 def config_from_args(args) -> dict:
+    if args.paper_scale and _SET_OFFLINE and "huggingface_hub" not in __import__("sys").modules:
+        os.environ.pop("HF_HUB_OFFLINE", None)
     overrides = {"seeds": args.seeds, "ks": args.ks, "train_size": args.train_size, "num_queries": args.num_queries,
                  "epochs": args.epochs, "model": args.model, "data": args.data}
     return load_config(args.config, paper_scale=args.paper_scale, overrides=overrides)
