@@ -1,0 +1,138 @@
+"""Influence-engine benchmark on MiniLM-L6 + SST-2 (issue #3), as ratios to one training epoch.
+
+    .venv/bin/python benchmarks/bench_influence.py --train-size 2000 --out benchmarks/RESULTS.md
+
+Measures, in one run on this machine:
+(a) one training epoch (forward + backward + update, Accelerate loop) = the unit;
+(b) scoring every training example for one query given s_test (Eq. 4/5, JVP route), for
+    params="all" and for the default subset ("head"), and "top";
+(c) s_test for 8 saliency measurements by LiSSA (defaults), CG and low-rank on "head":
+    time in epochs and relative error against a tightly converged CG answer;
+(d) peak memory (max RSS growth) of feature caching + scoring for N = 500, 1,000, 2,000, each in
+    a fresh subprocess.
+Speed and memory live here, not in timed tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from hf_pairdots.arguments import SolverOptions  # noqa: E402
+from hf_pairdots.data import load_text_classification, subsample  # noqa: E402
+from hf_pairdots.influence import (compute_s_test, influence_mode, make_objective, prepare_data,  # noqa: E402
+                                   saliency_measurement_gradient, tokenize, train_influence)
+from hf_pairdots.models import load_classifier, load_tokenizer  # noqa: E402
+from hf_pairdots.saliency import model_inputs  # noqa: E402
+from hf_pairdots.training import train_classifier  # noqa: E402
+
+LOCAL_SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst_sentence"
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def measurement_gradients(model, tok, objective, texts, max_length):
+    rows = []
+    for text in texts:
+        enc = tokenize(tok, [text], [0], max_length)
+        enc.pop("labels")
+        rows.append(saliency_measurement_gradient(model, objective.params, model_inputs(enc), 1, [1]))
+    return torch.stack(rows)
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def memory_probe(n: int, max_length: int) -> None:
+    """Child process: cache features and score n examples for one query; print the peak RSS growth
+    (MB) over the RSS before, with the kernel's high-water mark reset first (Linux)."""
+    data = load_text_classification(str(LOCAL_SST2))
+    train = subsample(data["train"], n, 0)
+    tok = load_tokenizer()
+    model = load_classifier(None, label_names=["negative", "positive"])
+    before = _status_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    with influence_mode(model) as m:
+        objective = make_objective(m, "head")
+        prepared = prepare_data(objective, tok, train["text"], train["label"], max_length=max_length)
+        train_influence(objective, prepared, torch.randn(1, objective.params.numel))
+    print(json.dumps({"n": n, "peak_growth_mb": (_status_kb("VmHWM") - before) / 1024}))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--train-size", type=int, default=2000)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--out", default="benchmarks/RESULTS.md")
+    p.add_argument("--memory-probe", type=int, default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.memory_probe:
+        return memory_probe(a.memory_probe, a.max_length)
+    torch.manual_seed(0)
+    data = load_text_classification(str(LOCAL_SST2))
+    train = subsample(data["train"], a.train_size, 0)
+    tok = load_tokenizer()
+    model = load_classifier(None, label_names=["negative", "positive"])
+    model, epoch = timed(lambda: train_classifier(model, tok, train, epochs=1, max_length=a.max_length,
+                                                  show_progress=False))
+    rows = [("(a) one training epoch", epoch, 1.0, "")]
+    queries = list(data["validation"]["text"][:8])
+    with influence_mode(model) as m:
+        for params in ("head", "top", "all"):
+            objective = make_objective(m, params)
+            prepared, t_prep = timed(lambda: prepare_data(objective, tok, train["text"], train["label"],
+                                                          max_length=a.max_length))
+            s = torch.randn(1, objective.params.numel)
+            train_influence(objective, prepared, s)  # warm-up
+            _, t_score = timed(lambda: train_influence(objective, prepared, s))
+            rows.append((f"(b) score all {len(train)} train examples, 1 query, params={params} "
+                         f"(P={objective.params.numel:,}; + feature cache {t_prep:.1f} s)", t_score, t_score / epoch, ""))
+        objective = make_objective(m, "head")
+        prepared = prepare_data(objective, tok, train["text"], train["label"], max_length=a.max_length)
+        v = measurement_gradients(m, tok, objective, queries, a.max_length)
+        reference = compute_s_test(objective, prepared, v, SolverOptions(solver="cg", damping=0.57, cg_tol=1e-7,
+                                                                         cg_max_iter=2000))
+        for name, options in (("LiSSA (defaults: depth 200, auto damping/scale)", SolverOptions()),
+                              ("CG (tol 1e-4)", SolverOptions(solver="cg")),
+                              ("low-rank (rank 50)", SolverOptions(solver="lowrank"))):
+            result, t = timed(lambda: compute_s_test(objective, prepared, v, options))
+            damping = result.diagnostics["damping"]
+            ref = reference if abs(damping - 0.57) < 1e-9 else compute_s_test(
+                objective, prepared, v, SolverOptions(solver="cg", damping=damping, cg_tol=1e-7, cg_max_iter=2000))
+            err = float(((result.x - ref.x).norm(dim=1) / ref.x.norm(dim=1)).mean())
+            rows.append((f"(c) s_test, 8 queries, head, {name}", t, t / epoch,
+                         f"rel. error vs CG(1e-7) at the same damping {damping:.3g}: {err:.3f}"))
+    memory = []
+    for n in (500, 1000, 2000):
+        out = subprocess.run([sys.executable, __file__, "--memory-probe", str(n), "--max-length", str(a.max_length)],
+                             capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        memory.append(json.loads(out))
+    lines = ["# Benchmarks (issue #3)", "", f"Command: `.venv/bin/python benchmarks/bench_influence.py "
+             f"--train-size {a.train_size}`; MiniLM-L6, SST-2 sentences, max length {a.max_length}, "
+             f"{torch.get_num_threads()} threads, one run.", "",
+             "| what | seconds | epochs | note |", "| --- | --- | --- | --- |"]
+    lines += [f"| {w} | {s:.1f} | {e:.3f} | {note} |" for w, s, e, note in rows]
+    lines += ["", "(d) peak memory growth of feature caching + scoring (fresh process each):", "",
+              "| N | MB |", "| --- | --- |"] + [f"| {m_['n']} | {m_['peak_growth_mb']:.0f} |" for m_ in memory]
+    Path(a.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
