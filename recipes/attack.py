@@ -36,20 +36,8 @@ def get_dataloaders(config: dict):
 
 
 def explain_queries(config: dict, model, tokenizer, train, queries, out: Path) -> list[dict]:
-    from hf_pairdots.arguments import ExplainArguments, SolverOptions
-    from hf_pairdots.augment.dataset import explain_labels
-    from hf_pairdots.callback import explain_dataset
-    from hf_pairdots.report import ExplanationStore
-
-    seed = config["seeds"][0]
-    args = ExplainArguments(queries="all", max_queries=len(queries), labels=explain_labels("attack_combined"),
-                            top_k=config.get("top_k") or 2 * max(config["ks"]) + 3, params=config.get("params", "head"),
-                            max_length=config["max_length"], edit="attack", num_sampled=config.get("num_sampled", 5),
-                            max_candidates=config.get("max_candidates", 20), seed=seed,
-                            solver=SolverOptions(depth=config.get("depth", 200), seed=seed))
-    summary = explain_dataset(model, tokenizer, train, queries, args, out, show_progress=config.get("show_progress", False))
-    print(f"[attack] explained {summary['queries']} test queries in {summary['seconds']} s", flush=True)
-    return sorted(ExplanationStore(out).records(), key=lambda r: r["query_index"])
+    return common.explain_with_edits(config, model, tokenizer, train, queries, out, mode="attack", selection="all",
+                                     objective="attack_combined", top_k=2 * max(config["ks"]) + 3)
 
 
 def training_function(config: dict, args) -> dict:

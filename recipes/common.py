@@ -142,6 +142,26 @@ def evaluate_model(model, tokenizer, dataset, config: dict) -> float:
 
 # --------------------------------------------------------------------------- results
 
+def explain_with_edits(config: dict, model, tokenizer, train, queries, out: Path, *, mode: str, selection: str,
+                       objective: str, top_k: int) -> list[dict]:
+    """Explain ``queries`` against ``train`` with the two-stage edit search of ``mode`` ("attack" or
+    "fix"), resumably under ``out``; returns the explanation records sorted by query index."""
+    from hf_pairdots.arguments import ExplainArguments, SolverOptions
+    from hf_pairdots.augment.dataset import explain_labels
+    from hf_pairdots.callback import explain_dataset
+    from hf_pairdots.report import ExplanationStore
+
+    seed = config["seeds"][0]
+    args = ExplainArguments(queries=selection, max_queries=config["num_queries"], labels=explain_labels(objective),
+                            top_k=config.get("top_k") or top_k, params=config.get("params", "head"),
+                            max_length=config["max_length"], edit=mode, num_sampled=config.get("num_sampled", 5),
+                            max_candidates=config.get("max_candidates", 20), seed=seed,
+                            solver=SolverOptions(depth=config.get("depth", 200), seed=seed))
+    summary = explain_dataset(model, tokenizer, train, queries, args, out, show_progress=config.get("show_progress", False))
+    print(f"[{mode}] explained {summary['queries']} queries in {summary['seconds']} s", flush=True)
+    return sorted(ExplanationStore(out).records(), key=lambda r: r["query_index"])
+
+
 def setting_key(objective: str, k: int, seed: int) -> str:
     return f"{objective}|k={k}|seed={seed}"
 

@@ -32,20 +32,8 @@ def get_dataloaders(config: dict):
 
 
 def explain_errors(config: dict, model, tokenizer, train, dev, out: Path) -> list[dict]:
-    from hf_pairdots.arguments import ExplainArguments, SolverOptions
-    from hf_pairdots.augment.dataset import explain_labels
-    from hf_pairdots.callback import explain_dataset
-    from hf_pairdots.report import ExplanationStore
-
-    seed = config["seeds"][0]
-    args = ExplainArguments(queries="misclassified", max_queries=config["num_queries"], labels=explain_labels("fix"),
-                            top_k=config.get("top_k") or max(config["ks"]) + 2, params=config.get("params", "head"),
-                            max_length=config["max_length"], edit="fix", num_sampled=config.get("num_sampled", 5),
-                            max_candidates=config.get("max_candidates", 20), seed=seed,
-                            solver=SolverOptions(depth=config.get("depth", 200), seed=seed))
-    summary = explain_dataset(model, tokenizer, train, dev, args, out, show_progress=config.get("show_progress", False))
-    print(f"[fix] explained {summary['queries']} dev misclassifications in {summary['seconds']} s", flush=True)
-    return sorted(ExplanationStore(out).records(), key=lambda r: r["query_index"])
+    return common.explain_with_edits(config, model, tokenizer, train, dev, out, mode="fix", selection="misclassified",
+                                     objective="fix", top_k=max(config["ks"]) + 2)
 
 
 def training_function(config: dict, args) -> dict:
