@@ -142,12 +142,48 @@ def test_configs_and_paper_scale():
     assert common.resolve_data({"data": "/no/such/folder", "hub": "glue/sst2"}) == "glue/sst2"
 
 
+CUES = {1: ["excellent", "wonderful", "brilliant", "superb", "delightful", "charming"],
+        0: ["terrible", "awful", "dreadful", "boring", "stupid", "horrible"]}
+
+
+def _cue_sentence(rng: random.Random, cue: str) -> str:
+    words = [rng.choice(FILLER) for _ in range(rng.randint(3, 5))]
+    words.insert(rng.randint(0, len(words)), cue)
+    return " ".join(words)
+
+
+def write_cue_data(folder: Path, per_cue: int = 6, seed: int = 0) -> Path:
+    """A planted signal the attack can reach: 12 cue words (6 per label, each with WordNet
+    synonyms) decide the label; each cue occurs in exactly ``per_cue`` training sentences and the
+    8 test queries hold one cue each, so editing a query's few responsible rows can take its
+    evidence away, while random edits of the same rows mostly hit the filler words."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    cues = [(label, cue) for label in (1, 0) for cue in CUES[label]]
+    train = [f"{label} {_cue_sentence(rng, cue)}" for label, cue in cues for _ in range(per_cue)]
+    rng.shuffle(train)
+    test = [f"{label} {_cue_sentence(rng, CUES[label][i])}" for i in range(4) for label in (1, 0)]
+    dev = [f"{label} {_cue_sentence(rng, cue)}" for label, cue in cues]
+    for split, lines in (("train", train), ("dev", dev), ("test", test)):
+        (folder / f"stsa.binary.{split}").write_text("\n".join(lines) + "\n")
+    return folder
+
+
 def test_attack_beats_random_on_planted_signal(tmp_path):
-    """Sec. 4.2's claim on a task with a planted signal: the influence attack lowers accuracy on
-    the attacked queries more than random substitutions with the same budget."""
-    pytest.xfail(
-        "not robust within the issue-#6 deadline, and the one measurement contradicts it: tiny_bert, 80 planted-cue "
-        "sentences, 8 queries, attack_combined, seeds 0-2 gave query accuracy (mean, %) unedited 91.7, k=2: attack "
-        "87.5 vs random 66.7, k=4: attack 87.5 vs random 58.3 -- the tiny model's training is unstable (random "
-        "edits of the cue words collapse some runs to 50%), so this needs a stabler toy (more rows/epochs or a "
-        "linear-probe model) before it can be asserted")
+    """Sec. 4.2's claim on a task with a planted signal: the influence attack (↓I(z, w_y), k = 6
+    edited training examples per query) lowers accuracy on the attacked queries more than random
+    substitutions of the same training rows, over 3 seeds. Measured (torch 2.13 CPU): unedited
+    100 %, attack 83.3 %, random 95.8 % (data seed 1: 100 / 87.5 / 100)."""
+    attack = _recipe("attack")
+    config = write_config(tmp_path, data=str(write_cue_data(tmp_path / "cues")), num_queries=8, epochs=12,
+                          seeds=[0, 1, 2], ks=[6], objectives=["attack_down"])
+    results = attack.main(["--config", str(config), "--out", str(tmp_path / "attack")])
+
+    def accuracy(objective, k):
+        return sum(results[f"{objective}|k={k}|seed={s}"]["query_accuracy"] for s in (0, 1, 2)) / 3
+
+    unedited, attacked, random_ = accuracy("unedited", 0), accuracy("attack_down", 6), accuracy("random:attack_down", 6)
+    assert unedited == 1.0, "the planted cue was not learnt: the toy no longer tests the attack"
+    assert attacked < random_ <= unedited, (attacked, random_, unedited)
+    assert random_ - attacked >= 1 / 8, "the attack should flip at least one more query than random edits"
+    assert all(results[f"attack_down|k=6|seed={s}"]["edits"] >= 24 for s in (0, 1, 2))
