@@ -314,14 +314,29 @@ def lowrank_hessian(objective: Objective, data: PreparedData, options: SolverOpt
 
 def compute_s_test(objective: Objective, data: PreparedData, v: Tensor, options: SolverOptions | None = None,
                    residual_examples: int = 256, lowrank: ihvp.LowRankHessian | None = None) -> ihvp.IHVPResult:
-    """s_test = (H + λI)⁻¹ v for ``v`` of shape ``(Q, P)`` (rows: ∇θ m of Q measurements).
+    """s_test = (H + λI)⁻¹ v for ``v`` of shape ``(Q, P)`` (rows: ∇θ m of Q measurements; App. B,
+    the vector of Eq. 4-5, whose scores are I(z, m) = -s_testᵀ ∇θ L(z)).
 
-    Returns an :class:`~hf_pairdots.ihvp.IHVPResult` whose diagnostics hold λ, σ, the eigenvalue
-    estimates (when automatic) and, per query, the relative residual ||(H + λI)s - v|| / ||v||
-    measured with the Hessian of ``residual_examples`` sampled training examples (all when
-    the data is smaller). Cost: LiSSA depth x repeat mini-batch HVPs (Q vectors each); CG up to
-    cg_max_iter full-data HVPs; exact P full-data HVPs; low-rank nothing beyond ``lowrank``
-    (computed here when not given, see :func:`lowrank_hessian`); plus :func:`resolve_damping_scale`.
+    Returns an :class:`~hf_pairdots.ihvp.IHVPResult` with ``x`` of shape ``(Q, P)`` and
+    diagnostics holding λ, σ, the eigenvalue estimates (when automatic) and, per query, the
+    relative residual ||(H + λI)s - v|| / ||v|| measured with the Hessian of
+    ``residual_examples`` sampled training examples (all when the data is smaller). With LiSSA
+    and ``options.keep_repeats`` also ``diagnostics["repeats"]``, the ``(R, Q, P)`` per-repeat
+    solutions (a tensor: drop it before writing the diagnostics as JSON), for the top-k
+    stability of :mod:`hf_pairdots.stability`.
+
+    Each row is solved independently of the others: LiSSA's mini-batches are drawn from a
+    generator seeded by ``options.seed`` whatever Q is, and so is the residual's sample, so row q
+    of a solve with Q rows equals the solve of that row alone (up to float32 rounding of the
+    vectorised products). The per-row cache of :class:`hf_pairdots.explain.Explainer` relies on it.
+
+    Cost: LiSSA depth x repeat mini-batch HVPs (Q vectors each); CG up to cg_max_iter full-data
+    HVPs; exact P full-data HVPs; low-rank nothing beyond ``lowrank`` (computed here when not
+    given, see :func:`lowrank_hessian`); plus :func:`resolve_damping_scale`.
+
+    Raises:
+        LissaDivergenceError: the LiSSA recursion diverged (names ``scale`` and ``damping``).
+        FloatingPointError: s_test is not finite.
     """
     options = options or SolverOptions()
     estimates = {}
@@ -331,7 +346,8 @@ def compute_s_test(objective: Objective, data: PreparedData, v: Tensor, options:
     gen = torch.Generator().manual_seed(options.seed)
     if options.solver == "lissa":
         result = ihvp.lissa(lambda h, t: _mean_hvp(objective, data.sample(gen, options.batch_size), h), v,
-                            damping=options.damping, scale=options.scale, depth=options.depth, repeat=options.repeat)
+                            damping=options.damping, scale=options.scale, depth=options.depth, repeat=options.repeat,
+                            keep_repeats=options.keep_repeats)
     elif options.solver == "cg":
         result = ihvp.conjugate_gradient(full, v, damping=options.damping, tol=options.cg_tol,
                                          max_iter=options.cg_max_iter)
