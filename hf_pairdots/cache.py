@@ -209,6 +209,11 @@ class STestCache:
                 pass
             return None
 
+    def get_entry(self, key: str) -> tuple[Tensor, dict] | None:
+        """``(tensor, metadata)`` of ``key`` read from one file (so the two always belong
+        together), or ``None`` on a miss."""
+        return self._load(key)
+
     def get(self, key: str) -> Tensor | None:
         """The cached CPU tensor of ``key`` (bit-identical to what was put), or ``None``."""
         entry = self._load(key)

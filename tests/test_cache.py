@@ -96,13 +96,15 @@ def test_round_trip_bit_identical(tmp_path, dtype):
     s = (torch.randn(4, 37, generator=torch.Generator().manual_seed(0)) * 1e-3).to(dtype)
     s[0, 0] = -0.0
     key = cache_key("x", str(dtype))
-    assert store.get(key) is None and key not in store
+    assert store.get(key) is None and store.get_entry(key) is None and key not in store
     store.put(key, s, metadata={"damping": 0.1, "relative_residual": [0.01]})
     got = store.get(key)
     assert got.dtype == s.dtype and got.shape == s.shape
     assert torch.equal(got.view(torch.uint8), s.view(torch.uint8))
     assert fingerprint_tensor(got) == fingerprint_tensor(s)
     assert store.get_metadata(key) == {"damping": 0.1, "relative_residual": [0.01]}
+    tensor, meta = store.get_entry(key)  # both from one read of the file
+    assert torch.equal(tensor.view(torch.uint8), s.view(torch.uint8)) and meta == store.get_metadata(key)
     assert key in store
 
 
