@@ -64,9 +64,13 @@ class SolverOptions(_Serializable):
         rank: eigenpairs kept by the low-rank solver.
         keep_repeats: LiSSA only: keep the R per-repeat solutions (``diagnostics["repeats"]``,
             ``(R, Q, P)``) for the top-k stability check of :mod:`hf_pairdots.stability`.
-            With ``repeat > 1`` the spread of the repeats is reported either way.
-        cache_dir: folder of an :class:`hf_pairdots.cache.STestCache` for s_test (``None`` = no
-            cache). Neither this nor ``keep_repeats`` is part of the cache key.
+            With ``repeat > 1`` the spread of the repeats is reported either way, and
+            :class:`~hf_pairdots.explain.Explainer` keeps the repeats itself to report the top-k
+            overlap (``diagnostics["topk_overlap"]``).
+        cache_dir: folder of an :class:`hf_pairdots.cache.STestCache` where
+            :class:`~hf_pairdots.explain.Explainer` keeps s_test and the training scores of every
+            measurement row and reads them back on a later run (``None`` = no cache). Neither this
+            nor ``keep_repeats`` is part of the cache key.
     """
 
     solver: str = "lissa"

@@ -15,10 +15,19 @@ For each query and each explained label y (the predicted label y' and the gold l
 
 :class:`Explainer` prepares the training side once (cached features, damping and scale) and
 explains queries in chunks, all rows of a chunk sharing one LiSSA run.
+
+Reuse (issue #3, capability 6): with ``SolverOptions.cache_dir`` set, s_test and the Eq. 5
+training scores of every measurement row are kept in an :class:`~hf_pairdots.cache.STestCache`
+under a key of (model fingerprint, training-data fingerprint, resolved solver options, the
+arguments that change s_test, the bytes of the row's ∇θ m). A later :meth:`Explainer.explain`
+that meets the same row reads it back instead of solving; only the missing rows of a chunk are
+solved, together. Diagnostics (issue #3, capability 7) say per row whether it came from the
+cache, its relative residual, and with LiSSA repeats the top-k overlap across the repeats.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,10 +38,19 @@ from tqdm.auto import tqdm
 from .arguments import ExplainArguments
 from .augment.lexicon import Lexicon, ensure_wordnet
 from .augment.search import OBJECTIVES, search_edit
-from .distributed import broadcast_tensor, sharded_train_influence
+from .cache import STestCache, cache_key, fingerprint_model, fingerprint_tensor, fingerprint_texts
+from .distributed import broadcast_object, broadcast_tensor, is_main_process, sharded_train_influence
 from .influence import (compute_s_test, lowrank_hessian, make_objective, prepare_data, resolve_damping_scale,
                         saliency_measurement_gradient, word_influence)
 from .saliency import encode_words, find_embedding_block, model_inputs, saliency
+from .stability import topk_overlap
+
+RESIDUAL_EXAMPLES = 256
+"""Training examples whose Hessian measures each row's relative residual (part of the cache key)."""
+
+_ROW_DIAGNOSTICS = ("relative_residual", "repeat_relative_spread", "repeat_relative_spread_per_query",
+                    "norm_trace", "repeats")
+"""Solver diagnostics that are per row, per chunk trace or tensors: not copied as solve-level values."""
 
 
 @dataclass
@@ -43,6 +61,28 @@ class Query:
     index: int
     text: str
     gold: int | None
+
+
+@dataclass
+class SolvedRows:
+    """s_test and the Eq. 5 training scores of Q measurement rows, solved now or read from the cache.
+
+    Attributes:
+        x: ``(Q, P)`` s_test = (H + λI)⁻¹ ∇θ m per row.
+        scores: ``(Q, n)`` I(z_i, m) (Eq. 5; positive: up-weighting z_i raises m).
+        repeat_scores: ``(R, Q, n)`` the same scores from each LiSSA repeat's s_test (LiSSA with
+            ``repeat > 1``), else ``None``.
+        meta: per row, the JSON metadata stored with its s_test: ``relative_residual`` (float),
+            ``solve`` (solve-level diagnostics: solver, damping, scale, ...) and, with repeats,
+            ``repeat_relative_spread`` (float).
+        cached: per row, whether it was read from the cache.
+    """
+
+    x: torch.Tensor
+    scores: torch.Tensor
+    repeat_scores: torch.Tensor | None
+    meta: list[dict]
+    cached: list[bool]
 
 
 @torch.no_grad()
@@ -68,7 +108,20 @@ class Explainer:
         label_names: names of the labels (default ``model.config.id2label``).
 
     Cost of construction: one forward pass over the training set (cached top features) and the
-    eigenvalue estimates for automatic damping/scale (about 2 x power_iters full-data HVPs).
+    eigenvalue estimates for automatic damping/scale (about 2 x power_iters full-data HVPs);
+    with ``args.solver.cache_dir`` also one sha256 pass over the model's weights and the
+    training texts (:func:`~hf_pairdots.cache.fingerprint_model`, 0.4 s for MiniLM-L6).
+
+    Cache key of a measurement row (``args.solver.cache_dir`` set): ``cache_key("s_test",
+    model fingerprint (θ_S, the rest of the network, config), training-set fingerprint (texts,
+    labels, order), the solver options with the *resolved* damping and scale, {params,
+    max_length, batch_size, objective, residual_examples}, sha256 of the row's ∇θ m)``. The
+    training scores of that row are stored under ``cache_key("train_scores", row key)`` and, with
+    LiSSA repeats, the per-repeat scores ``(R, n)`` under ``cache_key("train_scores_repeats", row
+    key)``. Anything else that changes ∇θ m (saliency mode, target, the query text, the label)
+    changes the row's bytes and so its key. A changed model, training set or argument is a miss,
+    never a wrong hit; automatic damping is resolved again by each Explainer (deterministically for
+    one machine and thread count), so identical setups share entries.
 
     Raises:
         SaliencyError: the model has no embedding block (case C14), before any work.
@@ -90,13 +143,39 @@ class Explainer:
             self.lexicon = Lexicon()
         self.solver, self.eigenvalues = resolve_damping_scale(self.objective, self.data, args.solver)
         self.lowrank = lowrank_hessian(self.objective, self.data, self.solver) if self.solver.solver == "lowrank" else None
+        # LiSSA repeats: keep each repeat's s_test for the top-k stability (issue #3, capability 7).
+        self.repeats = self.solver.repeat if self.solver.solver == "lissa" and self.solver.repeat > 1 else 0
+        self.cache = None
+        if self.solver.cache_dir is not None:
+            self.cache = STestCache(self.solver.cache_dir)
+            self._key_parts = (
+                fingerprint_model(model, self.objective.params),
+                fingerprint_texts(self.train_texts, self.train_labels),
+                self.solver,  # resolved λ and σ; cache_key leaves out keep_repeats and cache_dir
+                {"params": args.params, "max_length": args.max_length, "batch_size": args.batch_size,
+                 "objective": type(self.objective).__name__, "residual_examples": RESIDUAL_EXAMPLES},
+            )
 
     def explain(self, queries: Sequence[Query]) -> list[dict]:
         """Explanation records (schema in docs/ARCHITECTURE.md) for ``queries``, in order.
 
-        Cost: one LiSSA run for all 1-2 x len(queries) measurements together, one forward-mode
-        pass over the training set, and one pass over W + 1 variants of each distinct top-k
-        example (shared by every measurement whose top-k holds it).
+        Cost: one LiSSA run for all 1-2 x len(queries) measurements together (only for the rows
+        not in the cache, when there is one), one forward-mode pass over the training set for
+        those rows (with R > 1 LiSSA repeats, for the R per-repeat solutions too, in the same
+        pass), and one pass over W + 1 variants of each distinct top-k example (shared by every
+        measurement whose top-k holds it). Eq. 8 and the edits are not cached. Memory with
+        R > 1 LiSSA repeats: the R per-repeat solutions, R x Q x P floats, during the solve only
+        (the records keep just their top-k overlap; the cache keeps the ``(R, n)`` scores).
+
+        ``record["diagnostics"]`` holds the solve-level values (solver, damping, ...) and, per
+        explained label of the record: ``relative_residual``, ``cached`` (read from the cache,
+        not solved) and, with LiSSA ``repeat > 1``, ``repeat_relative_spread`` and
+        ``topk_overlap`` (mean pairwise Jaccard similarity of the repeats' top-k sets, in [0, 1],
+        see :func:`hf_pairdots.stability.topk_overlap`).
+
+        Raises:
+            LissaDivergenceError, FloatingPointError: from :func:`~hf_pairdots.influence.compute_s_test`;
+                nothing is cached then.
         """
         if not queries:
             return []
@@ -104,18 +183,106 @@ class Explainer:
         probs = predict_proba(self.model, self.tokenizer, texts, max_length=self.args.max_length)
         rows = self._rows(queries, probs)
         v = torch.stack([self._measurement_gradient(row) for row in rows])
-        result = compute_s_test(self.objective, self.data, v, self.solver, lowrank=self.lowrank)
-        # Several processes: s_test is solved on every rank and rank 0's copy kept, so every rank
-        # scores with the same vector; the training pass is split by rank and gathered by id.
-        result.x = broadcast_tensor(result.x)
-        scores = sharded_train_influence(self.objective, self.data, result.x)
-        tops = [torch.topk(scores[r], min(self.args.top_k, scores.shape[1])) for r in range(len(rows))]
-        per_word = self._word_influence(tops, result.x)
+        solved = self.solve(v)
+        k = min(self.args.top_k, solved.scores.shape[1])
+        tops = [torch.topk(solved.scores[r], k) for r in range(len(rows))]
+        overlap = (topk_overlap(list(solved.repeat_scores), k) if solved.repeat_scores is not None else None)
+        per_word = self._word_influence(tops, solved.x)
         for r, row in enumerate(tqdm(rows, disable=not self.show_progress, desc="edits" if self.lexicon else "rows")):
-            row["top_train"] = self._top_train(tops[r], per_word, r, result.x[r:r + 1], row["role"])
-        diagnostics = {k: v for k, v in result.diagnostics.items() if k not in ("relative_residual", "norm_trace")}
-        return [self._record(q, probs[i], [row for row in rows if row["query"] == i], result, diagnostics)
-                for i, q in enumerate(queries)]
+            row["top_train"] = self._top_train(tops[r], per_word, r, solved.x[r:r + 1], row["role"])
+        records = []
+        for i, q in enumerate(queries):
+            mine = [row for row in rows if row["query"] == i]
+            records.append(self._record(q, probs[i], mine, self._diagnostics(mine, solved, overlap)))
+        return records
+
+    def solve(self, v: torch.Tensor) -> SolvedRows:
+        """s_test and the Eq. 5 scores of every row of ``v`` (``(Q, P)``, rows ∇θ m), cache first.
+
+        Rows whose s_test, scores (and per-repeat scores, with LiSSA repeats) are all in the
+        cache are read back bit for bit; the others are solved by one
+        :func:`~hf_pairdots.influence.compute_s_test` call over just those rows, scored in one
+        training pass, and written to the cache (s_test last, so a present s_test means a whole
+        entry). Without ``cache_dir`` every row is solved. Several processes: rank 0 reads the
+        cache and broadcasts what it found, every rank solves the same missing rows and keeps
+        rank 0's s_test, and only rank 0 writes.
+
+        Returns:
+            :class:`SolvedRows`.
+        """
+        q, n, dtype = v.shape[0], self.data.size, v.dtype
+        keys = [cache_key("s_test", *self._key_parts, fingerprint_tensor(row)) for row in v] if self.cache else None
+        found = [None] * q
+        if keys is not None and is_main_process():
+            found = [self._lookup(key, v.shape[1], dtype) for key in keys]
+        [found] = broadcast_object(found)
+        x = torch.empty_like(v)
+        scores = torch.empty(q, n, dtype=dtype)
+        repeat_scores = torch.empty(self.repeats, q, n, dtype=dtype) if self.repeats else None
+        meta = [None] * q
+        for r, entry in enumerate(found):
+            if entry is not None:
+                x[r], meta[r], scores[r] = entry[0], entry[1], entry[2]
+                if repeat_scores is not None:
+                    repeat_scores[:, r] = entry[3]
+        missing = [r for r, entry in enumerate(found) if entry is None]
+        if missing:
+            options = dataclasses.replace(self.solver, keep_repeats=bool(self.repeats))
+            result = compute_s_test(self.objective, self.data, v[missing], options,
+                                    residual_examples=RESIDUAL_EXAMPLES, lowrank=self.lowrank)
+            # Several processes: s_test is solved on every rank and rank 0's copy kept, so every rank
+            # scores with the same vector; the training pass is split by rank and gathered by id.
+            solved = broadcast_tensor(result.x)
+            block = [solved]
+            if self.repeats:  # (R, M, P) -> (R*M, P): scored in the same training pass as the mean
+                block.append(broadcast_tensor(result.diagnostics.pop("repeats")).flatten(0, 1))
+            all_scores = sharded_train_influence(self.objective, self.data, torch.cat(block))
+            m = len(missing)
+            x[missing] = solved
+            scores[missing] = all_scores[:m]
+            if repeat_scores is not None:
+                repeat_scores[:, missing] = all_scores[m:].reshape(self.repeats, m, n)
+            [fresh] = broadcast_object(_row_metadata(result.diagnostics, m))
+            for j, r in enumerate(missing):
+                meta[r] = fresh[j]
+            if self.cache is not None and is_main_process():
+                for r in missing:
+                    self.cache.put(cache_key("train_scores", keys[r]), scores[r])
+                    if repeat_scores is not None:
+                        self.cache.put(cache_key("train_scores_repeats", keys[r]), repeat_scores[:, r])
+                    self.cache.put(keys[r], x[r], metadata=meta[r])
+        return SolvedRows(x, scores, repeat_scores, meta, [entry is not None for entry in found])
+
+    def _lookup(self, key: str, num_params: int, dtype: torch.dtype):
+        """``(s_test (P,), metadata, scores (n,), repeat scores (R, n) or None)`` of one row, or
+        ``None`` unless every part is in the cache with the expected shape and dtype."""
+        entry = self.cache.get_entry(key)
+        needed = {"relative_residual", "solve"} | ({"repeat_relative_spread"} if self.repeats else set())
+        if (entry is None or entry[0].shape != (num_params,) or entry[0].dtype != dtype
+                or not needed <= set(entry[1])):
+            return None
+        scores = self.cache.get(cache_key("train_scores", key))
+        if scores is None or scores.shape != (self.data.size,):
+            return None
+        repeat_scores = None
+        if self.repeats:
+            repeat_scores = self.cache.get(cache_key("train_scores_repeats", key))
+            if repeat_scores is None or repeat_scores.shape != (self.repeats, self.data.size):
+                return None
+        return entry[0], entry[1], scores, repeat_scores
+
+    def _diagnostics(self, rows: list[dict], solved: SolvedRows, overlap: list[float] | None) -> dict:
+        """A record's diagnostics: solve-level values, then one entry per explained label."""
+        metas = [solved.meta[row["row"]] for row in rows]
+        out = dict(metas[0]["solve"])
+        if "iterations" in out:  # CG: rows read from the cache may come from different solves
+            out["iterations"] = [m["solve"]["iterations"] for m in metas]
+        out["relative_residual"] = [m["relative_residual"] for m in metas]
+        out["cached"] = [solved.cached[row["row"]] for row in rows]
+        if overlap is not None:
+            out["repeat_relative_spread"] = [m["repeat_relative_spread"] for m in metas]
+            out["topk_overlap"] = [overlap[row["row"]] for row in rows]
+        return out
 
     def _rows(self, queries: Sequence[Query], probs: torch.Tensor) -> list[dict]:
         """One row per (query, explained label): label, role, word saliency."""
@@ -192,7 +359,7 @@ class Explainer:
             return {"objective": name, "reason": result.reason}
         return result.edit.to_record(name)
 
-    def _record(self, query: Query, probs: torch.Tensor, rows: list[dict], result, diagnostics: dict) -> dict:
+    def _record(self, query: Query, probs: torch.Tensor, rows: list[dict], diagnostics: dict) -> dict:
         _, words, [cut] = encode_words(self.tokenizer, [query.text], self.args.max_length)
         predicted = int(probs.argmax())
         return {
@@ -212,6 +379,18 @@ class Explainer:
                 "salient_word": row["salient_word"],
                 "top_train": row["top_train"],
             } for row in rows],
-            "diagnostics": {**diagnostics, "relative_residual": [
-                result.diagnostics["relative_residual"][row["row"]] for row in rows]},
+            "diagnostics": diagnostics,
         }
+
+
+def _row_metadata(diagnostics: dict, num_rows: int) -> list[dict]:
+    """Split a solve's diagnostics into JSON metadata per row: ``relative_residual``, ``solve``
+    (the solve-level values) and, with repeats, ``repeat_relative_spread``."""
+    solve = {k: diagnostics[k] for k in sorted(diagnostics) if k not in _ROW_DIAGNOSTICS}  # sorted, as read back
+    out = []
+    for j in range(num_rows):
+        row = {"relative_residual": float(diagnostics["relative_residual"][j]), "solve": solve}
+        if "repeat_relative_spread_per_query" in diagnostics:
+            row["repeat_relative_spread"] = float(diagnostics["repeat_relative_spread_per_query"][j])
+        out.append(row)
+    return out
