@@ -1,5 +1,5 @@
-"""Shared pieces of the Pair-the-Dots experiment recipes (``attack.py``: Sec. 4.2 / Table 4,
-``fix.py``: Sec. 4.3 / Figure 2).
+"""Shared pieces of the Pair-the-Dots recipes (``train.py``: fine-tune + explain; ``attack.py``:
+Sec. 4.2 / Table 4; ``fix.py``: Sec. 4.3 / Figure 2).
 
 - configs: ``recipes/configs/<name>.json`` (small CPU defaults) plus its ``paper_scale`` preset
   (BERT-base, full data) applied with ``--paper-scale``;
@@ -8,7 +8,7 @@
 - :class:`Results`: ``results.json`` keyed by setting (objective, k, seed); finished settings
   are skipped when a run is resumed;
 - writers: Markdown table (Table 4 layout), matplotlib PNG plots (Agg), model cards rendered from
-  ``model_cards/model_card.md.j2``.
+  ``model_cards/model_card.md.j2`` (attack, fix) or ``model_cards/train_card.md.j2`` (train).
 """
 
 from __future__ import annotations
@@ -259,15 +259,30 @@ def plot_curves(results: Results, path: str | Path, *, curves: list[tuple[str, s
 
 # --------------------------------------------------------------------------- model cards
 
-def render_model_card(**fields) -> str:
-    """Model card (Markdown) from ``model_cards/model_card.md.j2``; every field is required."""
+def render_card(template: str | Path, **fields) -> str:
+    """Markdown from a jinja2 template (a path, or a name in ``model_cards/``); every field is
+    required (StrictUndefined); ``paper_bibtex`` defaults to the paper's BibTeX."""
     from jinja2 import Environment, StrictUndefined
 
     from hf_pairdots.hub import PAPER_BIBTEX
 
+    path = Path(template)
+    if not path.is_file():
+        path = CARD_TEMPLATE.parent / str(template)
     fields.setdefault("paper_bibtex", PAPER_BIBTEX)
     env = Environment(undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    return env.from_string(CARD_TEMPLATE.read_text(encoding="utf-8")).render(**fields)
+    return env.from_string(path.read_text(encoding="utf-8")).render(**fields)
+
+
+def render_model_card(**fields) -> str:
+    """Model card (Markdown) from ``model_cards/model_card.md.j2``; every field is required."""
+    return render_card(CARD_TEMPLATE, **fields)
+
+
+def base_model_name(config: dict) -> str:
+    """How a card names the starting weights of ``config['model']``."""
+    base = config.get("model") or "packaged MiniLM-L6 (sentence-transformers/all-MiniLM-L6-v2)"
+    return "tiny_bert (random 2-layer BERT, tests only)" if base == TINY else base
 
 
 def write_model_card(folder: Path, *, config: dict, data_spec: str, train_rows: int, objective: str, k: int,
@@ -275,9 +290,7 @@ def write_model_card(folder: Path, *, config: dict, data_spec: str, train_rows: 
                      model=None, tokenizer=None, save_model: bool = False) -> Path:
     """``<folder>/README.md`` (the card with metrics); with ``save_model`` also the weights."""
     folder.mkdir(parents=True, exist_ok=True)
-    base = config.get("model") or "packaged MiniLM-L6 (sentence-transformers/all-MiniLM-L6-v2)"
-    if base == TINY:
-        base = "tiny_bert (random 2-layer BERT, tests only)"
+    base = base_model_name(config)
     text = render_model_card(
         model_name=f"pairdots-{recipe}-{config['config_name']}-{objective}-k{k}-seed{seed}",
         base_model=base, data=data_spec, train_rows=train_rows, recipe=recipe, objective=objective,
