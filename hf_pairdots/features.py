@@ -65,10 +65,11 @@ class TopHead(nn.Module):
 
 
 @torch.no_grad()
-def compute_features(model: nn.Module, batch: dict) -> Tensor:
+def compute_features(model: nn.Module, batch: dict, out: Tensor | None = None) -> Tensor:
     """The last layer's attention output at position 0, shape ``(B, H)``, float32.
 
-    Cost: one forward pass of the whole model (no gradient) for the batch.
+    ``out``: a ``(B, H)`` float32 tensor to write into (returned), e.g. a view of one buffer
+    for the whole training set. Cost: one forward pass of the whole model (no gradient).
     """
     _, last, _, _ = _bert_parts(model)
     captured = {}
@@ -81,4 +82,6 @@ def compute_features(model: nn.Module, batch: dict) -> Tensor:
         model(**model_inputs(batch))
     finally:
         handle.remove()
-    return captured["x"].float().clone()
+    if out is None:
+        return captured["x"].float().clone()
+    return out.copy_(captured["x"])

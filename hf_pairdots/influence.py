@@ -99,6 +99,10 @@ class Objective:
     def prepare(self, batch: dict) -> dict:
         raise NotImplementedError
 
+    def prepare_many(self, batches: Sequence[dict]) -> list[dict]:
+        """``prepare`` for every batch (subclasses may share one buffer across batches)."""
+        return [self.prepare(batch) for batch in batches]
+
     def per_example_loss(self, theta: Tensor, batch: dict) -> Tensor:
         raise NotImplementedError
 
@@ -136,6 +140,23 @@ class CachedTopObjective(Objective):
 
     def prepare(self, batch: dict) -> dict:
         return {"features": compute_features(self.model, batch), "labels": batch["labels"]}
+
+    def prepare_many(self, batches: Sequence[dict]) -> list[dict]:
+        """The features of all batches written into ONE ``(N, H)`` buffer, each batch a view.
+
+        One allocation instead of one small long-lived tensor per batch, and the forward passes
+        run longest batch first (``prepare_data`` sorts by length), so each pass's temporaries fit
+        in memory the previous, larger pass freed. Otherwise the C heap grows with N (measured:
+        peak +90 MB from N = 500 to 2,000 at max length 64) though the features are H floats each.
+        """
+        sizes = [len(b["labels"]) for b in batches]
+        buffer = torch.empty(sum(sizes), self.model.config.hidden_size)
+        ends = torch.tensor(sizes).cumsum(0).tolist()
+        out = [{"features": buffer[end - size:end], "labels": batch["labels"]}
+               for batch, size, end in zip(batches, sizes, ends)]
+        for batch, prepared in reversed(list(zip(batches, out))):
+            compute_features(self.model, batch, out=prepared["features"])
+        return out
 
     def per_example_loss(self, theta: Tensor, batch: dict) -> Tensor:
         named = {"model." + n: t for n, t in self.params.unflatten(theta).items()}
@@ -175,9 +196,18 @@ class PreparedData:
         return [self.batches[i] for i in torch.randperm(len(self.batches), generator=generator)[:count].tolist()]
 
 
-def tokenize(tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int) -> dict:
-    """Padded tensors for a batch of texts, whitespace words kept one-to-one (``word_ids``)."""
-    enc, _, _ = encode_words(tokenizer, texts, max_length)
+PAD_MULTIPLE = 8
+
+
+def tokenize(tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int,
+             pad_to_multiple_of: int | None = PAD_MULTIPLE) -> dict:
+    """Padded tensors for a batch of texts, whitespace words kept one-to-one (``word_ids``).
+
+    Lengths are padded to a multiple of :data:`PAD_MULTIPLE`: with length-sorted batches every
+    batch would otherwise have its own shape, and the CPU kernels' per-shape caches made peak
+    memory grow with the number of batches (measured +43 % from N = 500 to 2,000, now < 10 %).
+    """
+    enc, _, _ = encode_words(tokenizer, texts, max_length, pad_to_multiple_of=pad_to_multiple_of)
     batch = dict(enc)
     batch["labels"] = torch.as_tensor(list(labels), dtype=torch.long)
     return batch
@@ -192,12 +222,11 @@ def prepare_data(objective: Objective, tokenizer, texts: Sequence[str], labels: 
     """
     _check_labels(objective.model, torch.as_tensor(list(labels)))
     order = sorted(range(len(texts)), key=lambda i: len(texts[i].split()))
-    batches = []
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = objective.prepare(tokenize(tokenizer, [texts[i] for i in idx], [labels[i] for i in idx], max_length))
+    chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    batches = objective.prepare_many([tokenize(tokenizer, [texts[i] for i in idx], [labels[i] for i in idx], max_length)
+                                      for idx in chunks])
+    for batch, idx in zip(batches, chunks):
         batch["index"] = torch.as_tensor(idx)
-        batches.append(batch)
     return PreparedData(batches, len(texts))
 
 
@@ -407,8 +436,16 @@ def train_influence_by_gradients(objective: Objective, data: PreparedData, s_tes
 
 def example_influence(objective: Objective, tokenizer, texts: Sequence[str], labels: Sequence[int],
                       s_test: Tensor, *, max_length: int = 128, inputs_embeds: Tensor | None = None) -> Tensor:
-    """I(z, m_q) for a handful of (possibly perturbed) examples given as texts, ``(Q, len(texts))``."""
-    batch = tokenize(tokenizer, texts, labels, max_length)
+    """I(z, m_q) for a handful of (possibly perturbed) examples given as texts, ``(Q, len(texts))``.
+
+    ``inputs_embeds`` ``(len(texts), L, H)``: embeddings to use instead of the word-embedding
+    lookup, for the texts as :func:`~hf_pairdots.saliency.encode_words` tokenises them (no
+    extra padding). Raises ``ValueError`` when their shape does not match that tokenisation.
+    """
+    batch = tokenize(tokenizer, texts, labels, max_length, None if inputs_embeds is not None else PAD_MULTIPLE)
+    if inputs_embeds is not None and inputs_embeds.shape[:2] != batch["input_ids"].shape:
+        raise ValueError(f"inputs_embeds has shape {tuple(inputs_embeds.shape)}; the texts tokenise to "
+                         f"{tuple(batch['input_ids'].shape)} (batch, length)")
     if inputs_embeds is not None:
         batch["inputs_embeds"] = inputs_embeds
         del batch["input_ids"]
@@ -465,8 +502,7 @@ def word_influence(objective: Objective, tokenizer, text: str, label: int, s_tes
 
 
 def _zeroed_embeddings(model: nn.Module, tokenizer, words: list[str], max_length: int) -> Tensor:
-    enc = tokenizer([words] * (len(words) + 1), is_split_into_words=True, truncation=True,
-                    max_length=max_length, padding=True, return_tensors="pt")
+    enc, _, _ = encode_words(tokenizer, [" ".join(words)] * (len(words) + 1), max_length)
     with torch.no_grad():
         emb = model.get_input_embeddings()(enc["input_ids"]).clone()
     ids = enc.word_ids(0)

@@ -248,8 +248,11 @@ class WordSaliency:
         return sorted(scored, key=key, reverse=True)
 
 
-def encode_words(tokenizer, texts: Sequence[str], max_length: int | None = None):
+def encode_words(tokenizer, texts: Sequence[str], max_length: int | None = None,
+                 pad_to_multiple_of: int | None = None):
     """Tokenise whitespace-split texts so that ``word_ids`` index the whitespace words.
+
+    ``pad_to_multiple_of``: pad the batch's length up to a multiple (fewer distinct shapes).
 
     Returns:
         ``(encoding, words, truncated)``: a padded ``BatchEncoding`` of torch tensors, the word
@@ -263,8 +266,9 @@ def encode_words(tokenizer, texts: Sequence[str], max_length: int | None = None)
         if not w:
             raise ValueError(f"text {i} is empty or whitespace only: nothing to score")
     max_length = max_length or min(tokenizer.model_max_length, 512)
+    extra = {} if pad_to_multiple_of is None else {"pad_to_multiple_of": pad_to_multiple_of}
     enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
-                    padding=True, return_tensors="pt")
+                    padding=True, return_tensors="pt", **extra)
     truncated = []
     for i, w in enumerate(words):
         kept = {j for j in enc.word_ids(i) if j is not None}

@@ -63,7 +63,7 @@ def trained(tok):
     """The LoRA model after 40 seeded Adam steps on 12 sentiment phrases (eval loss ~0.1), in eval mode."""
     model = lora()
     torch.manual_seed(0)
-    batch = tokenize(tok, POS + NEG, [1] * 6 + [0] * 6, 32)
+    batch = tokenize(tok, POS + NEG, [1] * 6 + [0] * 6, 32, pad_to_multiple_of=None)  # dropout masks follow the shape
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-2)
     model.train()
     for _ in range(40):

@@ -86,9 +86,11 @@ class ToyTokenizer:
         self.vocab = {"[PAD]": PAD, "[UNK]": UNK, **{f"w{i}": i for i in range(2, VOCAB)}}
 
     def __call__(self, batch_words, is_split_into_words=True, truncation=True, max_length=64,
-                 padding=True, return_tensors="pt"):
+                 padding=True, return_tensors="pt", pad_to_multiple_of=None):
         ids = [[self.vocab[w] for w in words][:max_length] for words in batch_words]
         length = max(map(len, ids))
+        if pad_to_multiple_of:
+            length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
         input_ids = torch.tensor([row + [PAD] * (length - len(row)) for row in ids])
         mask = torch.tensor([[1] * len(row) + [0] * (length - len(row)) for row in ids])
         word_ids = [list(range(len(row))) + [None] * (length - len(row)) for row in ids]
