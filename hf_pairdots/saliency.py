@@ -252,7 +252,8 @@ def encode_words(tokenizer, texts: Sequence[str], max_length: int | None = None,
                  pad_to_multiple_of: int | None = None):
     """Tokenise whitespace-split texts so that ``word_ids`` index the whitespace words.
 
-    ``pad_to_multiple_of``: pad the batch's length up to a multiple (fewer distinct shapes).
+    ``pad_to_multiple_of``: pad the batch's length up to a multiple (fewer distinct shapes); left
+    out when ``max_length`` is not itself a multiple (the tokenizer refuses that combination).
 
     Returns:
         ``(encoding, words, truncated)``: a padded ``BatchEncoding`` of torch tensors, the word
@@ -266,6 +267,8 @@ def encode_words(tokenizer, texts: Sequence[str], max_length: int | None = None,
         if not w:
             raise ValueError(f"text {i} is empty or whitespace only: nothing to score")
     max_length = max_length or min(tokenizer.model_max_length, 512)
+    if pad_to_multiple_of is not None and max_length % pad_to_multiple_of:
+        pad_to_multiple_of = None
     extra = {} if pad_to_multiple_of is None else {"pad_to_multiple_of": pad_to_multiple_of}
     enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
                     padding=True, return_tensors="pt", **extra)
