@@ -1,9 +1,14 @@
 """PairDotsCallback: explain the dev errors of a ``transformers.Trainer`` when training ends.
 
-Add one line to an existing Trainer::
+Add it to an existing Trainer, either bound (the summary reaches ``report_to`` integrations)::
 
-    trainer = Trainer(model, args, train_dataset=train, eval_dataset=dev, processing_class=tok,
-                      callbacks=[PairDotsCallback(dev, train_dataset=train)])
+    trainer = Trainer(model, args, train_dataset=train_tok, eval_dataset=dev_tok, processing_class=tok)
+    PairDotsCallback.attach(trainer, dev, train_dataset=train)
+
+or as a plain callback (the summary goes to ``trainer.state.log_history`` and the Python logger
+only; a ``TrainerCallback`` is never handed the Trainer, so it cannot call ``Trainer.log``)::
+
+    trainer = Trainer(..., callbacks=[PairDotsCallback(dev, train_dataset=train)])
 
 At ``on_train_end`` (and, with ``on_evaluate=True``, after each evaluation) the callback
 predicts the query split, selects the queries (dev misclassifications by default), and writes
@@ -14,7 +19,13 @@ skipped on a rerun), ``explanations/`` (the same as a ``datasets.Dataset``), ``r
 (float32 copy for fp16/bf16 training, eval mode, mode restored afterwards), changes nothing but
 ``control``, and writes on the main process only. With several processes (``accelerate launch``)
 every rank takes part in the explanation (the pass over the training set is split by rank and
-gathered by id, :mod:`hf_pairdots.distributed`) and rank 0 alone writes.
+gathered by id, :mod:`hf_pairdots.distributed`) and rank 0 alone writes. The model the Trainer
+hands to callbacks may be DDP-wrapped; :func:`~hf_pairdots.influence.influence_mode` unwraps it.
+
+The summary (``pairdots/queries``, ``pairdots/skipped``, ``pairdots/mean_top1_influence``,
+``pairdots/seconds``; a ``None`` mean, when nothing was explained, is left out) goes through
+``Trainer.log`` when the callback was attached, so every callback's ``on_log`` receives it
+(TensorBoard, wandb, MLflow, ...), and it is appended to ``state.log_history`` once.
 """
 
 from __future__ import annotations
@@ -71,9 +82,19 @@ class PairDotsCallback(TrainerCallback):
         args: :class:`~hf_pairdots.arguments.ExplainArguments`.
         on_evaluate: also explain after every evaluation (into ``<subdir>/step-<N>``).
 
+    Attributes:
+        trainer: the Trainer bound by :meth:`attach` (``None`` for a plain callback).
+        last_summary: the summary of the last explanation (see :func:`explain_dataset`).
+
     Raises:
         ValueError: a dataset lacks a ``text`` column (in ``__init__``), or, at train end, no
             training set or tokenizer can be found.
+
+    Example::
+
+        >>> trainer = Trainer(model, args, train_dataset=train_tok, processing_class=tok)
+        >>> callback = PairDotsCallback.attach(trainer, dev, train_dataset=train)
+        >>> trainer.train()  # then <output_dir>/pairdots/report.html; on_log gets "pairdots/queries", ...
     """
 
     def __init__(self, query_dataset, train_dataset=None, tokenizer=None, args: ExplainArguments | None = None,
@@ -85,6 +106,38 @@ class PairDotsCallback(TrainerCallback):
         self.args = args or ExplainArguments()
         self.explain_on_evaluate = on_evaluate
         self.last_summary: dict | None = None
+        self.trainer = None
+
+    @classmethod
+    def attach(cls, trainer, query_dataset, **kwargs) -> PairDotsCallback:
+        """Construct a callback bound to ``trainer`` and register it first among its callbacks.
+
+        Bound, the callback logs its summary with ``trainer.log`` (so the ``report_to``
+        integrations receive it through ``on_log``) and falls back to ``trainer.train_dataset``
+        when that still has a ``text`` column. It is put *first* in the callback list because
+        integrations close their runs in their own ``on_train_end`` (TensorBoard closes its
+        writer, MLflow ends the run): going first, the summary reaches them while they are open.
+        The explanations do not depend on the position (the callback only reads the model).
+
+        Args:
+            trainer: a ``transformers.Trainer`` (anything with ``log`` and ``add_callback``).
+            query_dataset, **kwargs: as for :class:`PairDotsCallback`.
+
+        Returns:
+            The callback (``callback.trainer is trainer``).
+
+        Raises:
+            TypeError: ``trainer`` has no ``log``/``add_callback``/``callback_handler``.
+        """
+        if not all(hasattr(trainer, name) for name in ("log", "add_callback", "callback_handler")):
+            raise TypeError(f"PairDotsCallback.attach: expected a transformers.Trainer, got {type(trainer).__name__}")
+        callback = cls(query_dataset, **kwargs)
+        callback.trainer = trainer
+        trainer.add_callback(callback)
+        callbacks = trainer.callback_handler.callbacks
+        callbacks.remove(callback)
+        callbacks.insert(0, callback)
+        return callback
 
     def on_train_end(self, args, state, control, **kwargs):
         self._run(Path(args.output_dir) / self.args.output_subdir, args, state, kwargs)
@@ -92,14 +145,19 @@ class PairDotsCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, **kwargs):
         if self.explain_on_evaluate:
-            self._run(Path(args.output_dir) / self.args.output_subdir / f"step-{state.global_step}", args, state, kwargs)
+            out = Path(args.output_dir) / self.args.output_subdir / f"step-{state.global_step}"
+            self._run(out, args, state, kwargs)
         return control
 
     def _run(self, out: Path, train_args, state, kwargs) -> None:
         if not state.is_world_process_zero and not is_distributed():
             return  # every rank scores its shard when there is a process group; rank 0 writes
         tokenizer = self.tokenizer or kwargs.get("processing_class")
-        train = self.train_dataset or getattr(kwargs.get("train_dataloader"), "dataset", None)
+        train = self.train_dataset
+        if train is None:  # the Trainer's, if it kept the text (the dataloader's copy rarely does)
+            candidates = (getattr(self.trainer, "train_dataset", None),
+                          getattr(kwargs.get("train_dataloader"), "dataset", None))
+            train = next((c for c in candidates if "text" in (getattr(c, "column_names", None) or ())), None)
         if tokenizer is None:
             raise ValueError("PairDotsCallback: no tokenizer; pass tokenizer= or Trainer(processing_class=...)")
         if train is None or "text" not in train.column_names:
@@ -108,8 +166,13 @@ class PairDotsCallback(TrainerCallback):
                                             show_progress=not train_args.disable_tqdm,
                                             meta={"global_step": state.global_step,
                                                   "best_model_checkpoint": state.best_model_checkpoint})
-        state.log_history.append({"pairdots/" + k: v for k, v in self.last_summary.items()} | {"step": state.global_step})
-        logger.info("PairDots: %s", self.last_summary)
+        logs = {"pairdots/" + k: v for k, v in self.last_summary.items() if v is not None}
+        if self.trainer is not None:
+            self.trainer.log(logs)  # appends to state.log_history and calls every callback's on_log
+        else:
+            state.log_history.append({**logs, "step": state.global_step})
+        if state.is_world_process_zero:
+            logger.info("PairDots: %s", self.last_summary)
 
 
 def explain_dataset(model, tokenizer, train, queries_ds, args: ExplainArguments, out: str | Path, *,
@@ -119,7 +182,8 @@ def explain_dataset(model, tokenizer, train, queries_ds, args: ExplainArguments,
     Finished queries (already in ``explanations.jsonl``) are skipped; the rest are explained in
     chunks of ``chunk_size`` queries, each chunk appended as soon as it is done. The model is
     used through :func:`~hf_pairdots.influence.influence_mode` (float32, eval, unwrapped; its
-    mode is restored; gradient-checkpointing hooks suspended). ``queries_ds`` without a ``label`` column is unlabelled: ``queries="all"``
+    mode is restored; gradient-checkpointing hooks suspended; a DDP or accelerate wrapper is
+    stripped). ``queries_ds`` without a ``label`` column is unlabelled: ``queries="all"``
     explains the predicted label only, ``"misclassified"`` selects nothing. ``meta`` (e.g. the
     step and checkpoint of the weights) is written with the summary to ``meta.json`` and shown in
     the report. Returns a summary: number of queries, skipped rows, mean top-1 influence, seconds.

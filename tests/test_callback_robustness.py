@@ -176,6 +176,68 @@ def test_on_evaluate_and_registration_order(tok, train, dev, tmp_path):
     assert json.loads((a / "step-2" / META_NAME).read_text())["global_step"] == 2
 
 
+class LogRecorder(TrainerCallback):
+    """Records the logs of every ``on_log`` and where ``on_train_end`` fell among them, as a
+    ``report_to`` integration sees them (TensorBoard writes each scalar of ``logs`` in ``on_log``
+    and closes its writer in ``on_train_end``)."""
+
+    def __init__(self):
+        self.events: list[tuple[str, dict | None]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.events.append(("on_log", dict(logs)))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.events.append(("on_train_end", None))
+
+
+SUMMARY_KEYS = ("queries", "skipped", "mean_top1_influence", "seconds")
+
+
+def test_attached_summary_reaches_every_on_log_before_train_end(tok, train, dev, tmp_path):
+    recorder = LogRecorder()
+    trainer = _trainer(tok, train, dev, tmp_path, [recorder])  # registered before PairDots
+    callback = PairDotsCallback.attach(trainer, dev, train_dataset=train, args=_args(max_queries=2))
+    assert callback.trainer is trainer and trainer.callback_handler.callbacks[0] is callback
+    assert sum(isinstance(c, PairDotsCallback) for c in trainer.callback_handler.callbacks) == 1
+    trainer.train()
+    meta = json.loads((tmp_path / "pairdots" / META_NAME).read_text())
+    expected = {"pairdots/" + k: meta[k] for k in SUMMARY_KEYS}
+    assert meta["queries"] == 2 and meta["skipped"] == 0 and meta["mean_top1_influence"] != 0
+    assert callback.last_summary == {k: meta[k] for k in SUMMARY_KEYS}
+    names = [name for name, _ in recorder.events]
+    hits = [i for i, (name, logs) in enumerate(recorder.events) if name == "on_log" and "pairdots/queries" in logs]
+    assert len(hits) == 1 and hits[0] < names.index("on_train_end") == len(names) - 1
+    logged = recorder.events[hits[0]][1]
+    assert {k: v for k, v in logged.items() if k.startswith("pairdots/")} == expected
+    assert logged["epoch"] == 2.0  # added by Trainer.log, as for the Trainer's own logs
+    # Trainer.log appended it to the history once, with the step; nothing else did.
+    entries = [e for e in trainer.state.log_history if any(k.startswith("pairdots/") for k in e)]
+    assert entries == [{**expected, "epoch": 2.0, "step": 4}]
+
+
+def test_plain_callback_summary_goes_to_log_history_only(tok, train, dev, tmp_path):
+    """Without attach: no Trainer handle, so no on_log; the summary is in log_history once, and
+    an unset mean (nothing explained: unlabelled rows are never misclassified) is left out
+    rather than logged as None."""
+    recorder = LogRecorder()
+    unlabelled = datasets.Dataset.from_dict({"text": [t for t, _ in DEV]})
+    callback = PairDotsCallback(unlabelled, train_dataset=train, args=_args(queries="misclassified"))
+    trainer = _trainer(tok, train, dev, tmp_path, [recorder, callback], eval_strategy="no")
+    trainer.train()
+    assert callback.trainer is None and callback.last_summary["mean_top1_influence"] is None
+    assert not any("pairdots/queries" in logs for name, logs in recorder.events if name == "on_log")
+    [entry] = [e for e in trainer.state.log_history if "pairdots/queries" in e]
+    meta = json.loads((tmp_path / "pairdots" / META_NAME).read_text())
+    assert meta["queries"] == 0 and meta["mean_top1_influence"] is None
+    assert entry == {"pairdots/queries": 0, "pairdots/skipped": 0, "pairdots/seconds": meta["seconds"], "step": 4}
+
+
+def test_attach_rejects_a_non_trainer(dev):
+    with pytest.raises(TypeError, match="expected a transformers.Trainer"):
+        PairDotsCallback.attach(object(), dev)
+
+
 # --------------------------------------------------------------------------------------------
 # 2. SIGKILL and resume
 # --------------------------------------------------------------------------------------------
