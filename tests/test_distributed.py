@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -65,6 +66,71 @@ SCRIPT = textwrap.dedent('''
             target = out / f"n{n}"
             summary = explain_dataset(model, tok, train, dev, args, target)
             (out / f"summary-{n}-rank{rank}.json").write_text(json.dumps(summary, default=str))
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # gloo aborts at exit otherwise
+
+    if __name__ == "__main__":
+        main()
+''')
+
+TRAINER_SCRIPT = textwrap.dedent('''
+    """A Trainer run with PairDotsCallback attached. argv: spec.json (out, train, dev, explain args).
+
+    Every rank records the files it creates, renames or opens for writing under ``out`` while
+    training and explaining (a ``sys.addaudithook`` hook; pyarrow's own writes are not seen),
+    then writes ``rank<R>.json``. Rank 0 saves the final model into ``out/final``.
+    """
+    import json, os, sys
+    from pathlib import Path
+
+    import datasets, torch
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from hf_pairdots.arguments import ExplainArguments
+    from hf_pairdots.callback import PairDotsCallback, explain_dataset
+    from hf_pairdots.distributed import rank_and_world_size
+    from hf_pairdots.models import load_tokenizer, tiny_bert
+    from hf_pairdots.training import tokenize_dataset
+
+    WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def main():
+        spec = json.loads(Path(sys.argv[1]).read_text())
+        out = Path(spec["out"])
+        writes, recording = [], [True]
+
+        def audit(event, args):
+            if not recording[0] or event not in ("open", "os.rename", "os.mkdir", "os.remove"):
+                return
+            path = args[1] if event == "os.rename" else args[0]
+            if event == "open":
+                mode, flags = args[1], args[2]
+                if not (any(c in (mode or "") for c in "wax+") or (mode is None and flags & WRITE_FLAGS)):
+                    return
+            if isinstance(path, (str, bytes, os.PathLike)) and os.fsdecode(path).startswith(str(out)):
+                writes.append([event, os.path.relpath(os.fsdecode(path), out)])
+
+        sys.addaudithook(audit)
+        torch.set_num_threads(1)
+        tok = load_tokenizer()
+        train = datasets.Dataset.from_dict(spec["train"])
+        dev = datasets.Dataset.from_dict(spec["dev"])
+        args = TrainingArguments(output_dir=str(out), max_steps=10, per_device_train_batch_size=2, learning_rate=3e-2,
+                                 use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no", seed=0)
+        trainer = Trainer(model=tiny_bert(seed=0), args=args, train_dataset=tokenize_dataset(train, tok, 16),
+                          data_collator=DataCollatorWithPadding(tok), processing_class=tok)
+        explain_args = ExplainArguments.from_dict(spec["args"])
+        callback = PairDotsCallback.attach(trainer, dev, train_dataset=train, args=explain_args)
+        trainer.train()
+        # The DDP-wrapped module explains the same (influence_mode unwraps it).
+        explain_dataset(trainer.model_wrapped, tok, train, dev, explain_args, out / "wrapped")
+        recording[0] = False
+        rank, world = rank_and_world_size()
+        trainer.save_model(str(out / "final"))  # writes on rank 0 only (args.should_save)
+        info = {"world": world, "wrapped": type(trainer.model_wrapped).__name__, "writes": writes,
+                "summary": callback.last_summary,
+                "logged": [e for e in trainer.state.log_history if "pairdots/queries" in e]}
+        (out / f"rank{rank}.json").write_text(json.dumps(info))
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # gloo aborts at exit otherwise
 
@@ -178,3 +244,64 @@ def test_two_processes_equal_one_process(tmp_path):
         s0 = json.loads((two / f"summary-{n}-rank0.json").read_text())
         s1 = json.loads((two / f"summary-{n}-rank1.json").read_text())
         assert s0 == s1 and s0["queries"] == 2
+
+
+def test_trainer_with_callback_two_processes_equals_one_process(tmp_path):
+    """A Trainer under ``accelerate launch`` with 2 CPU processes (DDP over gloo) explains with
+    PairDotsCallback attached; the records equal a 1-process explain_dataset on the saved
+    weights, every training id appears once per list (11 examples: uneven shards), and only
+    rank 0 wrote."""
+    launcher = _launcher()
+    if launcher is None:
+        pytest.skip("`accelerate` launcher not found next to the Python interpreter")
+    import datasets
+
+    from hf_pairdots.arguments import ExplainArguments, SolverOptions
+    from hf_pairdots.callback import explain_dataset
+    from hf_pairdots.models import load_classifier, load_tokenizer
+
+    rng = random.Random(0)
+    words = "good bad movie film great terrible plot actor boring fun story slow nice awful".split()
+    texts = sorted({" ".join(rng.choice(words) for _ in range(rng.randint(3, 7))) for _ in range(14)})
+    assert len(texts) == 14
+    labels = [int(sum(w in ("good", "great", "fun", "nice") for w in t.split()) > 0) for t in texts]
+    train = {"text": texts[:11], "label": labels[:11]}
+    dev = {"text": texts[11:], "label": labels[11:]}
+    args = ExplainArguments(queries="all", top_k=11, max_length=16, batch_size=4, saliency_target="margin",
+                            solver=SolverOptions(solver="cg", cg_max_iter=50))  # damping: from the eigenvalue estimates
+    out = tmp_path / "trainer"
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"out": str(out), "train": train, "dev": dev, "args": args.to_dict()}))
+    script = tmp_path / "trainer_script.py"
+    script.write_text(TRAINER_SCRIPT)
+    _run([*launcher, str(script), str(spec)], tmp_path)
+
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world"] for r in ranks] == [2, 2] and ranks[0]["wrapped"] == "DistributedDataParallel"
+    assert ranks[0]["summary"] == ranks[1]["summary"] and ranks[0]["summary"]["queries"] == 3
+    for r in ranks:  # Trainer.log ran on each rank, as the Trainer's own logs do
+        assert [{k: v for k, v in e.items() if k.startswith("pairdots/")} for e in r["logged"]] == [
+            {"pairdots/" + k: v for k, v in ranks[0]["summary"].items()}]
+    assert ranks[1]["writes"] == []
+    written = {path for _, path in ranks[0]["writes"]}
+    for name in ("explanations.jsonl", "meta.json", "report.html", "explain_args.json"):
+        assert any(p.startswith(os.path.join("pairdots", "")) and name in p for p in written), name
+        assert any(p.startswith(os.path.join("wrapped", "")) and name in p for p in written), name
+
+    one = tmp_path / "one"
+    explain_dataset(load_classifier(str(out / "final")), load_tokenizer(str(out / "final")),
+                    datasets.Dataset.from_dict(train), datasets.Dataset.from_dict(dev), args, one)
+    expected = _records(one)
+    assert [r["query_index"] for r in expected] == [0, 1, 2]
+    for folder in (out / "pairdots", out / "wrapped"):
+        got = _records(folder)
+        assert [r["query_index"] for r in got] == [0, 1, 2]
+        for ra, rb in zip(expected, got):
+            assert ra["probabilities"] == pytest.approx(rb["probabilities"], abs=1e-6)
+            for la, lb in zip(ra["labels"], rb["labels"], strict=True):
+                ids = [t["train_index"] for t in lb["top_train"]]
+                assert sorted(ids) == list(range(11))  # each training id exactly once
+                assert [t["train_index"] for t in la["top_train"]] == ids
+                for ta, tb in zip(la["top_train"], lb["top_train"]):
+                    assert ta["influence"] == pytest.approx(tb["influence"], rel=1e-5, abs=1e-9)
+                    assert ta["word_influence"] == pytest.approx(tb["word_influence"], rel=1e-5, abs=1e-9)
