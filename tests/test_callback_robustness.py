@@ -233,6 +233,19 @@ def test_plain_callback_summary_goes_to_log_history_only(tok, train, dev, tmp_pa
     assert entry == {"pairdots/queries": 0, "pairdots/skipped": 0, "pairdots/seconds": meta["seconds"], "step": 4}
 
 
+def test_attach_falls_back_to_the_trainers_train_dataset_with_text(tok, train, dev, tmp_path):
+    """Bound, the callback finds the training texts on ``trainer.train_dataset`` (the Trainer's
+    dataloader drops the ``text`` column, so a plain callback could not)."""
+    trainer = _trainer(tok, train, dev, tmp_path, [], eval_strategy="no")
+    trainer.train_dataset = train.map(lambda b: tok(b["text"], truncation=True, max_length=16), batched=True)
+    PairDotsCallback.attach(trainer, dev, args=_args(max_queries=1, top_k=len(TRAIN)))
+    trainer.train()
+    assert json.loads((tmp_path / "pairdots" / META_NAME).read_text())["train_size"] == len(TRAIN)
+    [record] = _records(tmp_path / "pairdots")
+    assert sorted((t["train_index"], t["text"]) for t in record["labels"][0]["top_train"]) == [
+        (i, text) for i, (text, _) in enumerate(TRAIN)]
+
+
 def test_attach_rejects_a_non_trainer(dev):
     with pytest.raises(TypeError, match="expected a transformers.Trainer"):
         PairDotsCallback.attach(object(), dev)
