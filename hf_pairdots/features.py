@@ -10,6 +10,8 @@ only through one H-vector per example: the last layer's attention output at posi
 derivatives cost a few small matrix products instead of a full forward/backward pass.
 
 :func:`top_head_test` of the tests checks ``TopHead(features) == model(...).logits``.
+
+Devices: features are computed and kept on the model's device (they feed θ_S's modules).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .saliency import model_inputs
+from .saliency import model_device, model_inputs
 
 
 def _bert_parts(model: nn.Module):
@@ -68,8 +70,10 @@ class TopHead(nn.Module):
 def compute_features(model: nn.Module, batch: dict, out: Tensor | None = None) -> Tensor:
     """The last layer's attention output at position 0, shape ``(B, H)``, float32.
 
-    ``out``: a ``(B, H)`` float32 tensor to write into (returned), e.g. a view of one buffer
-    for the whole training set. Cost: one forward pass of the whole model (no gradient).
+    ``batch`` may live on any device: its inputs are moved to the model's device. Without
+    ``out`` the features are returned on the model's device. ``out``: a ``(B, H)`` float32
+    tensor to write into (returned), e.g. a view of one buffer for the whole training set
+    (normally on the model's device too). Cost: one forward pass of the whole model (no gradient).
     """
     _, last, _, _ = _bert_parts(model)
     captured = {}
@@ -79,7 +83,7 @@ def compute_features(model: nn.Module, batch: dict, out: Tensor | None = None) -
 
     handle = last.intermediate.register_forward_hook(keep_input)
     try:
-        model(**model_inputs(batch))
+        model(**model_inputs(batch, model_device(model)))
     finally:
         handle.remove()
     if out is None:

@@ -14,6 +14,11 @@ along the all-ones direction (resp. scaling it up) raises S_y (case C16).
 Word pieces are summed into whitespace words with the tokenizer's ``word_ids``; special tokens
 ([CLS], [SEP], padding) have no word and are never scored (cases C17, C18). Words past the
 model's maximum length are reported as not scored (``None``), not as zero (case C20).
+
+Devices: the tokenizer builds its tensors on the CPU; :func:`model_inputs` moves them to the
+model's device (:func:`model_device`) right before the forward pass, and the gradients of
+:func:`embedding_gradient` live there too. What :func:`saliency` returns is plain Python
+(floats and lists), read back to the CPU once per batch.
 """
 
 from __future__ import annotations
@@ -113,8 +118,10 @@ def suspend_input_require_grads(model: nn.Module):
 
 
 def label_score(logits: Tensor, labels: Tensor, target: str = "prob") -> Tensor:
-    """S_y per example, shape ``(B,)``: probability (paper), log-probability, or logit margin."""
+    """S_y per example, shape ``(B,)`` on ``logits``' device: probability (paper),
+    log-probability, or logit margin. ``labels`` may live anywhere (moved to ``logits``' device)."""
     logits = logits.float()
+    labels = labels.to(logits.device)
     if target == "prob":
         return logits.softmax(-1).gather(1, labels[:, None])[:, 0]
     if target == "logprob":
@@ -126,9 +133,35 @@ def label_score(logits: Tensor, labels: Tensor, target: str = "prob") -> Tensor:
     raise ValueError(f"target={target!r}: use one of {TARGETS}")
 
 
-def model_inputs(batch: dict) -> dict:
-    """The keys of a tokenised batch that the model's forward takes (labels dropped)."""
-    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids", "inputs_embeds")}
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "inputs_embeds")
+"""Keys of a tokenised batch that a classifier's forward takes."""
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``: that of its first parameter (else its first buffer, else CPU).
+
+    Every tensor this package feeds to the model, or combines with its parameters, is put on
+    this device. Models spread over several devices (``device_map="auto"``) are not supported:
+    influence needs θ_S and the inputs on one device.
+    """
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def model_inputs(batch: dict, device: torch.device | str | None = None) -> dict:
+    """The keys of a tokenised batch that the model's forward takes (labels dropped).
+
+    ``device``: move those tensors there (typically ``model_device(model)``; tokenizers build
+    them on the CPU). ``None`` keeps them where they are. Moving is a no-op for a tensor already
+    on ``device``.
+    """
+    chosen = {k: v for k, v in batch.items() if k in INPUT_KEYS}
+    if device is None:
+        return chosen
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in chosen.items()}
 
 
 def embedding_gradient(model: nn.Module, batch: dict, labels: Tensor, *, target: str = "prob",
@@ -137,8 +170,9 @@ def embedding_gradient(model: nn.Module, batch: dict, labels: Tensor, *, target:
 
     Args:
         model: classifier in eval mode.
-        batch: tokenised inputs, tensors of shape ``(B, L)``.
-        labels: ``(B,)`` label y per example.
+        batch: tokenised inputs, tensors of shape ``(B, L)``, on any device (moved to the
+            model's device).
+        labels: ``(B,)`` label y per example, on any device.
         target: S_y, see :func:`label_score`.
         params: optional ``{name: tensor}`` replacing model parameters (``torch.func`` style), so
             the result can be differentiated again with respect to them (Eq. 5).
@@ -146,10 +180,13 @@ def embedding_gradient(model: nn.Module, batch: dict, labels: Tensor, *, target:
 
     Returns:
         ``(grad, embeddings, scores)``: ``(B, L, H)`` gradient, ``(B, L, H)`` embeddings e,
-        ``(B,)`` S_y. Examples are independent (eval mode), so one backward serves the batch.
+        ``(B,)`` S_y, all on the model's device. Examples are independent (eval mode), so one
+        backward serves the batch.
     """
     block = block or find_embedding_block(model)
-    inputs = model_inputs(batch)
+    device = model_device(model)
+    inputs = model_inputs(batch, device)
+    labels = labels.to(device)
 
     def total_score(delta):
         perturb.delta = delta
@@ -158,7 +195,7 @@ def embedding_gradient(model: nn.Module, batch: dict, labels: Tensor, *, target:
         return scores.sum(), (scores, perturb.embeddings)
 
     with _Perturbation(block) as perturb, suspend_input_require_grads(model):
-        zeros = torch.zeros((*labels.shape, _sequence_length(inputs), _embedding_dim(model)), device=labels.device)
+        zeros = torch.zeros((*labels.shape, _sequence_length(inputs), _embedding_dim(model)), device=device)
         grad, (scores, embeddings) = torch.func.grad(total_score, has_aux=True)(zeros)
     return grad, embeddings, scores
 
@@ -256,8 +293,9 @@ def encode_words(tokenizer, texts: Sequence[str], max_length: int | None = None,
     out when ``max_length`` is not itself a multiple (the tokenizer refuses that combination).
 
     Returns:
-        ``(encoding, words, truncated)``: a padded ``BatchEncoding`` of torch tensors, the word
-        lists, and per text the number of words lost to truncation.
+        ``(encoding, words, truncated)``: a padded ``BatchEncoding`` of CPU torch tensors (pass
+        it through ``model_inputs(dict(encoding), model_device(model))`` before a forward), the
+        word lists, and per text the number of words lost to truncation.
 
     Raises:
         ValueError: a text is empty or whitespace only.
@@ -292,7 +330,8 @@ def saliency(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence
         max_length: truncation length in tokens (default: the model's maximum).
 
     Returns:
-        One :class:`WordSaliency` per text. Cost: one forward and one backward pass per batch.
+        One :class:`WordSaliency` per text (Python floats). The passes run on the model's device.
+        Cost: one forward and one backward pass per batch.
     """
     if max_length is None:  # the model's maximum, which may be below the tokenizer's (case C20)
         positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
@@ -301,8 +340,8 @@ def saliency(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence
     y = torch.as_tensor(list(labels))
     _check_labels(model, y)
     grad, emb, scores = embedding_gradient(model, dict(enc), y, target=target)
-    per_token = token_saliency(grad, emb, mode).detach()
-    probs = label_score(_logits_no_grad(model, enc), y, "prob")
+    per_token = token_saliency(grad, emb, mode).detach().cpu()
+    probs = label_score(_logits_no_grad(model, enc), y, "prob").cpu()
     return [
         WordSaliency(w, word_scores(per_token[i].tolist(), enc.word_ids(i), len(w)), int(y[i]), float(probs[i]))
         for i, w in enumerate(words)
@@ -311,7 +350,7 @@ def saliency(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence
 
 def _logits_no_grad(model: nn.Module, enc) -> Tensor:
     with torch.no_grad():
-        return model(**model_inputs(dict(enc))).logits
+        return model(**model_inputs(dict(enc), model_device(model))).logits
 
 
 def _check_labels(model: nn.Module, labels: Tensor) -> None:
