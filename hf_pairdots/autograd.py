@@ -8,6 +8,9 @@ gradients always share one layout (case C07). Products are computed by ``torch.f
 * Hessian-vector product (HVP): forward-over-reverse, ``jvp(grad(f))``, cost ≈ 2-3 backward passes;
 * directional derivative of per-example losses along a vector (JVP): one forward pass with
   dual numbers; this gives ∇θL(z_i)ᵀ s for every example of a batch without forming gradients.
+
+Devices: flat vectors live on the parameters' device (the model's device); the products here
+create no tensor of their own, so their results live where their inputs do.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class ParameterSet:
         return sum(s.numel() for s in self.shapes)
 
     def flat(self) -> Tensor:
-        """The current values as a detached float32 vector of shape ``(P,)``."""
+        """The current values as a detached float32 vector of shape ``(P,)``, on the parameters' device."""
         return torch.cat([t.detach().reshape(-1).float() for t in self.tensors])
 
     def unflatten(self, vector: Tensor) -> dict[str, Tensor]:
@@ -51,9 +54,11 @@ class ParameterSet:
         return {n: p.view(s) for n, p, s in zip(self.names, pieces, self.shapes)}
 
     def flatten(self, tensors: Sequence[Tensor | None]) -> Tensor:
-        """Concatenate per-parameter tensors (``None`` = zero gradient) into a ``(P,)`` vector."""
+        """Concatenate per-parameter tensors (``None`` = zero gradient) into a ``(P,)`` vector
+        (zeros are made on the device of their parameter)."""
         return torch.cat([
-            (torch.zeros(s) if t is None else t.float()).reshape(-1) for t, s in zip(tensors, self.shapes)
+            (torch.zeros(s, device=p.device) if t is None else t.float()).reshape(-1)
+            for t, s, p in zip(tensors, self.shapes, self.tensors)
         ])
 
 

@@ -11,6 +11,11 @@ Every solver takes the Hessian only through products: ``hvp(V) -> H V`` for ``V`
 
 :func:`extreme_eigenvalues` and :func:`auto_damping_scale` choose λ and σ so that LiSSA converges
 on the indefinite Hessians of fine-tuned transformers (case C01).
+
+Devices: the P-sized vectors stay on the device of ``v`` (the parameters' device) for the
+whole solve; every buffer a solver makes is made there. The Lanczos routines run ARPACK on the
+CPU in float64 and move each vector to ``device`` (the parameters') for the HVP and back.
+Scalar diagnostics are Python floats.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ class IHVPResult:
     """Solution of (H + λI) x = v for Q right-hand sides.
 
     Attributes:
-        x: ``(Q, P)`` solutions (``s_test`` when v = ∇θ m).
+        x: ``(Q, P)`` solutions (``s_test`` when v = ∇θ m), on ``v``'s device.
         diagnostics: solver name, damping, scale, depth/iterations, relative residual
             ||(H + λI)x - v|| / ||v|| per query (full-data Hessian), and, for LiSSA, the norm trace.
     """
@@ -62,7 +67,7 @@ def lissa(hvp_sample: Callable[[Tensor, int], Tensor], v: Tensor, *, damping: fl
         v: ``(Q, P)`` right-hand sides.
         damping: λ ≥ 0; scale: σ > 0; depth: T ≥ 1; repeat: R ≥ 1 independent runs.
         keep_repeats: also return the R per-repeat solutions x_r as ``diagnostics["repeats"]``,
-            a ``(R, Q, P)`` tensor (memory R x Q x P floats; a tensor, so drop it before writing
+            a ``(R, Q, P)`` tensor on ``v``'s device (memory R x Q x P floats; a tensor, so drop it before writing
             diagnostics as JSON). Feed it to :func:`hf_pairdots.stability.topk_overlap` through
             the training-side scores.
 
@@ -87,7 +92,7 @@ def lissa(hvp_sample: Callable[[Tensor, int], Tensor], v: Tensor, *, damping: fl
     start = min(depth - 1, int(depth * (1 - tail_fraction)))
     total = torch.zeros_like(v)
     mean = torch.zeros_like(v)  # Welford running mean of the per-repeat solutions
-    sq = torch.zeros(v.shape[0], dtype=v.dtype)  # running Σ_r ||x_r - x̄||² per query
+    sq = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)  # running Σ_r ||x_r - x̄||² per query
     repeats = []
     trace = []
     for r in range(repeat):
@@ -163,56 +168,64 @@ def conjugate_gradient(hvp: HVP, v: Tensor, *, damping: float, tol: float = 1e-6
     return IHVPResult(x, {"solver": "cg", "damping": damping, "iterations": it})
 
 
-def explicit_hessian(hvp: HVP, num_params: int, chunk: int = 256, dtype: torch.dtype = torch.float32) -> Tensor:
+def explicit_hessian(hvp: HVP, num_params: int, chunk: int = 256, dtype: torch.dtype = torch.float32,
+                     device: torch.device | str | None = None) -> Tensor:
     """The ``(P, P)`` Hessian built column by column from HVPs with unit vectors. Cost: P HVPs.
 
-    ``dtype``: of the unit vectors, i.e. of the parameters (a float64 objective needs float64).
+    ``dtype``, ``device``: of the unit vectors, i.e. of the parameters (a float64 objective
+    needs float64; a model on a GPU needs that GPU). The Hessian is returned on ``device``.
     """
     cols = []
     for start in range(0, num_params, chunk):
-        eye = torch.zeros(min(chunk, num_params - start), num_params, dtype=dtype)
-        eye[torch.arange(eye.shape[0]), torch.arange(start, start + eye.shape[0])] = 1.0
+        eye = torch.zeros(min(chunk, num_params - start), num_params, dtype=dtype, device=device)
+        rows = torch.arange(eye.shape[0], device=eye.device)
+        eye[rows, rows + start] = 1.0
         cols.append(hvp(eye).detach())  # no autograd history (frozen-but-trainable params leave some)
     hessian = torch.cat(cols)
     return (hessian + hessian.T) / 2
 
 
 def exact_solve(hessian: Tensor, v: Tensor, *, damping: float) -> IHVPResult:
-    """Solve (H + λI) x = v with an explicit Hessian, in float64. For small P and for tests."""
-    a = hessian.double() + damping * torch.eye(hessian.shape[0], dtype=torch.float64)
-    x = torch.linalg.solve(a, v.double().T).T.to(v.dtype)
+    """Solve (H + λI) x = v with an explicit Hessian, in float64, on the Hessian's device
+    (``x`` has ``v``'s dtype and device). For small P and for tests."""
+    a = hessian.double() + damping * torch.eye(hessian.shape[0], dtype=torch.float64, device=hessian.device)
+    x = torch.linalg.solve(a, v.double().to(a.device).T).T.to(dtype=v.dtype, device=v.device)
     return IHVPResult(x, {"solver": "exact", "damping": damping})
 
 
-def _scipy_operator(hvp: HVP, num_params: int, seed: int):
-    """H as a float64 ``scipy.sparse.linalg.LinearOperator`` (float32 HVPs inside) and a seeded start vector."""
+def _scipy_operator(hvp: HVP, num_params: int, seed: int, device: torch.device | str | None = None):
+    """H as a float64 ``scipy.sparse.linalg.LinearOperator`` (float32 HVPs on ``device`` inside)
+    and a seeded start vector (drawn on the CPU, so the same on every device)."""
     import numpy as np
     from scipy.sparse.linalg import LinearOperator
 
     def matvec(x):
         u = torch.from_numpy(np.asarray(x, dtype=np.float32).reshape(1, -1))
-        return hvp(u).detach()[0].double().numpy()
+        if device is not None:
+            u = u.to(device)
+        return hvp(u).detach()[0].double().cpu().numpy()
 
     start = torch.randn(num_params, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).numpy()
     return LinearOperator((num_params, num_params), matvec=matvec, dtype=np.float64), start
 
 
 def extreme_eigenvalues(hvp: HVP, num_params: int, *, iters: int = 20, seed: int = 0,
-                        tol: float = 1e-2) -> tuple[float, float]:
+                        tol: float = 1e-2, device: torch.device | str | None = None) -> tuple[float, float]:
     """Estimate (λ_min, λ_max) of the symmetric H by Lanczos (ARPACK, ``scipy.sparse.linalg.eigsh``).
 
     Both ends at once (``which="BE"``) from a Krylov space of dimension ``iters``, restarted
     at most 5 times. Ritz values lie inside the spectrum, so the estimates can only be too
     small in magnitude: callers add a margin (see :func:`auto_damping_scale`).
     Cost: about ``iters`` to 5 x ``iters`` HVPs with one vector. For P ≤ 2 the spectrum is
-    computed exactly from the explicit Hessian.
+    computed exactly from the explicit Hessian. ``device``: where ``hvp`` takes its vectors
+    (the parameters' device; ``None`` = CPU).
     """
     from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
     if num_params <= 2:
-        values = torch.linalg.eigvalsh(explicit_hessian(hvp, num_params).double())
+        values = torch.linalg.eigvalsh(explicit_hessian(hvp, num_params, device=device).double().cpu())
         return float(values[0]), float(values[-1])
-    operator, start = _scipy_operator(hvp, num_params, seed)
+    operator, start = _scipy_operator(hvp, num_params, seed, device)
     ncv = min(num_params, max(iters, 4))
     try:
         values = eigsh(operator, k=2, which="BE", v0=start, ncv=ncv, maxiter=5, tol=tol, return_eigenvectors=False)
@@ -256,24 +269,29 @@ class LowRankHessian:
     """H ≈ U diag(λ) Uᵀ from its ``k`` eigenpairs of largest magnitude.
 
     Attributes:
-        eigenvalues: ``(k,)``; eigenvectors: ``(P, k)`` orthonormal columns. Memory: P x k floats.
+        eigenvalues: ``(k,)``; eigenvectors: ``(P, k)`` orthonormal columns. Memory: P x k floats,
+            on the device given to :func:`top_eigenpairs` (:func:`lowrank_solve` moves them to
+            ``v``'s device if needed).
     """
 
     eigenvalues: Tensor
     eigenvectors: Tensor
 
 
-def top_eigenpairs(hvp: HVP, num_params: int, rank: int, *, seed: int = 0, tol: float = 1e-3) -> LowRankHessian:
+def top_eigenpairs(hvp: HVP, num_params: int, rank: int, *, seed: int = 0, tol: float = 1e-3,
+                   device: torch.device | str | None = None) -> LowRankHessian:
     """The ``rank`` eigenpairs of H of largest magnitude by Lanczos (ARPACK ``eigsh``).
 
-    Cost: a few x ``rank`` HVPs with one vector, paid once and reused for every query.
+    ``device``: where ``hvp`` takes its vectors and where the eigenpairs are returned (the
+    parameters' device; ``None`` = CPU). Cost: a few x ``rank`` HVPs with one vector, paid once
+    and reused for every query.
     """
     from scipy.sparse.linalg import eigsh
 
     rank = min(rank, num_params - 1)
-    operator, start = _scipy_operator(hvp, num_params, seed)
+    operator, start = _scipy_operator(hvp, num_params, seed, device)
     values, vectors = eigsh(operator, k=rank, which="LM", v0=start, tol=tol, ncv=min(num_params, 2 * rank + 1))
-    return LowRankHessian(torch.from_numpy(values).float(), torch.from_numpy(vectors).float())
+    return LowRankHessian(torch.from_numpy(values).float().to(device), torch.from_numpy(vectors).float().to(device))
 
 
 def lowrank_solve(factor: LowRankHessian, v: Tensor, *, damping: float) -> IHVPResult:
@@ -285,12 +303,13 @@ def lowrank_solve(factor: LowRankHessian, v: Tensor, *, damping: float) -> IHVPR
     Raises:
         ValueError: ``damping`` ≤ 0, or λ_i + damping ≤ 0 for some kept eigenvalue.
     """
-    shifted = factor.eigenvalues + damping
+    shifted = factor.eigenvalues.to(v.device) + damping
     if damping <= 0 or bool((shifted <= 0).any()):
         raise ValueError(f"damping={damping:g} must be > 0 and above minus the smallest kept eigenvalue "
                          f"({float(factor.eigenvalues.min()):.3g})")
-    coords = v @ factor.eigenvectors
-    x = (coords / shifted) @ factor.eigenvectors.T + (v - coords @ factor.eigenvectors.T) / damping
+    vectors = factor.eigenvectors.to(v.device)
+    coords = v @ vectors
+    x = (coords / shifted) @ vectors.T + (v - coords @ vectors.T) / damping
     return IHVPResult(x, {"solver": "lowrank", "damping": damping, "rank": len(shifted),
                           "kept_eigenvalues": [float(shifted.min() - damping), float(shifted.max() - damping)]})
 
