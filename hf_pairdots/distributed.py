@@ -9,6 +9,10 @@ prepared batches, and the scores travel back *with their example ids* and are re
 (case C30: no entry duplicated by padding, each id exactly once, ordered by id).
 
 Every helper is the identity when ``torch.distributed`` is not initialised or has one process.
+
+Devices: objects travel through ``all_gather_object``/``broadcast_object_list`` as CPU tensors
+(any backend, NCCL included, can carry them); :func:`broadcast_tensor` puts the value back on the
+device of its argument, and gathered scores are on the CPU.
 """
 
 from __future__ import annotations
@@ -102,8 +106,8 @@ def sharded_train_influence(objective, data, s_test: Tensor) -> Tensor:
     """:func:`~hf_pairdots.influence.train_influence` split over the ranks and gathered by id.
 
     Each rank scores the round-robin shard of ``data.batches`` with the same ``s_test``; the
-    result, ``(Q, n)`` in the order of the training texts, is the same on every rank and equals
-    the one-process result. In one process it is exactly ``train_influence``.
+    result, ``(Q, n)`` in the order of the training texts on the CPU, is the same on every rank
+    and equals the one-process result. In one process it is exactly ``train_influence``.
     """
     from .influence import PreparedData, train_influence
 

@@ -15,6 +15,15 @@ changes m by about -I/n. H is the Hessian of the mean training loss over the cho
 * :func:`train_influence`: I(z_i, m) for every training example (Eq. 4/5), streamed.
 * :func:`perturbation_influence`: I(z, z̃, m) = I(z̃, m) - I(z, m) (Eq. 6-7).
 * :func:`word_influence`: I(x_t, m) = I(z, m) - I(z̃(t, UNK), m) for each word (Eq. 8).
+
+Devices: everything that meets the model runs on the model's device (``Objective.device``, the
+device of its first parameter): prepared batches (token tensors, cached features, labels),
+θ_S, ∇θ m, s_test and the HVPs. Arguments may come from anywhere (tokenizer output on the CPU,
+an s_test read from the cache) and are moved there. What is returned: the P-sized vectors
+(∇θ m, s_test) stay on the model's device; the per-example scores (``(Q, n)`` of
+:func:`train_influence`, ``(Q, V)`` of Eq. 6-8) are returned on the CPU, ready for records.
+Random draws (LiSSA mini-batches, the residual sample) use CPU generators, so a seed picks the
+same examples on every device.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,7 +44,7 @@ from .arguments import SolverOptions
 from .autograd import ParameterSet, directional_derivatives, hvp, select_parameters
 from .features import TopHead, compute_features, supports_top_head
 from .saliency import (_check_labels, embedding_gradient, encode_words, find_embedding_block, label_score,
-                       model_inputs, suspend_input_require_grads, token_saliency)
+                       model_device, model_inputs, suspend_input_require_grads, token_saliency)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,9 +94,14 @@ def influence_mode(model: nn.Module):
 class Objective:
     """The training loss L(z; θ_S) (cross-entropy, float32) as a function of the flat θ_S.
 
-    ``prepare(batch)`` turns a tokenised batch with ``labels`` into what ``per_example_loss``
-    reads. Two implementations: :class:`FullModelObjective` (any model, any subset) and
-    :class:`CachedTopObjective` (BERT family, ``"top"`` subset, features cached).
+    ``prepare(batch)`` turns a tokenised batch with ``labels`` (on any device) into what
+    ``per_example_loss`` reads, on :attr:`device`. Two implementations:
+    :class:`FullModelObjective` (any model, any subset) and :class:`CachedTopObjective` (BERT
+    family, ``"top"`` subset, features cached).
+
+    Attributes:
+        device: the model's device (:func:`~hf_pairdots.saliency.model_device`); ``theta``, the
+            prepared batches and every product live there.
     """
 
     vectorized = False
@@ -94,6 +109,7 @@ class Objective:
     def __init__(self, model: nn.Module, params: ParameterSet):
         self.model = model
         self.params = params
+        self.device = model_device(model)
         self.theta = params.flat()
 
     def prepare(self, batch: dict) -> dict:
@@ -111,15 +127,17 @@ class Objective:
 
 
 class FullModelObjective(Objective):
-    """Loss through the whole model. Cost per example: a full forward (JVP) or HVP pass."""
+    """Loss through the whole model. Cost per example: a full forward (JVP) or HVP pass.
+
+    Prepared batches are the token tensors moved to the model's device (n x L integers)."""
 
     def prepare(self, batch: dict) -> dict:
-        return dict(batch)
+        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
     def per_example_loss(self, theta: Tensor, batch: dict) -> Tensor:
         logits = torch.func.functional_call(self.model, self.params.unflatten(theta), args=(),
-                                            kwargs=model_inputs(batch), strict=False).logits
-        return F.cross_entropy(logits.float(), batch["labels"], reduction="none")
+                                            kwargs=model_inputs(batch, self.device), strict=False).logits
+        return F.cross_entropy(logits.float(), batch["labels"].to(logits.device), reduction="none")
 
 
 class CachedTopObjective(Objective):
@@ -139,7 +157,7 @@ class CachedTopObjective(Objective):
             raise ValueError(f"parameters outside the cached top: {sorted(outside)[:3]}...; use FullModelObjective")
 
     def prepare(self, batch: dict) -> dict:
-        return {"features": compute_features(self.model, batch), "labels": batch["labels"]}
+        return {"features": compute_features(self.model, batch), "labels": batch["labels"].to(self.device)}
 
     def prepare_many(self, batches: Sequence[dict]) -> list[dict]:
         """The features of all batches written into ONE ``(N, H)`` buffer, each batch a view.
@@ -148,11 +166,12 @@ class CachedTopObjective(Objective):
         run longest batch first (``prepare_data`` sorts by length), so each pass's temporaries fit
         in memory the previous, larger pass freed. Otherwise the C heap grows with N (measured:
         peak +90 MB from N = 500 to 2,000 at max length 64) though the features are H floats each.
+        The buffer lives on the model's device.
         """
         sizes = [len(b["labels"]) for b in batches]
-        buffer = torch.empty(sum(sizes), self.model.config.hidden_size)
-        ends = torch.tensor(sizes).cumsum(0).tolist()
-        out = [{"features": buffer[end - size:end], "labels": batch["labels"]}
+        buffer = torch.empty(sum(sizes), self.model.config.hidden_size, device=self.device)
+        ends = list(itertools.accumulate(sizes))
+        out = [{"features": buffer[end - size:end], "labels": batch["labels"].to(self.device)}
                for batch, size, end in zip(batches, sizes, ends)]
         for batch, prepared in reversed(list(zip(batches, out))):
             compute_features(self.model, batch, out=prepared["features"])
@@ -161,7 +180,7 @@ class CachedTopObjective(Objective):
     def per_example_loss(self, theta: Tensor, batch: dict) -> Tensor:
         named = {"model." + n: t for n, t in self.params.unflatten(theta).items()}
         logits = torch.func.functional_call(self.head, named, (batch["features"],), strict=False)
-        return F.cross_entropy(logits.float(), batch["labels"], reduction="none")
+        return F.cross_entropy(logits.float(), batch["labels"].to(logits.device), reduction="none")
 
 
 def make_objective(model: nn.Module, params: str | Sequence[str] | ParameterSet = "head") -> Objective:
@@ -181,7 +200,8 @@ class PreparedData:
     """Training examples in objective-ready batches (length-sorted to avoid padding waste).
 
     Attributes:
-        batches: objective batches; each has ``"index"``, the examples' positions in the input.
+        batches: objective batches (on the objective's device); each has ``"index"``, the
+            examples' positions in the input (a CPU tensor: bookkeeping).
         size: n, the number of examples.
     """
 
@@ -190,7 +210,8 @@ class PreparedData:
 
     def sample(self, generator: torch.Generator, num_examples: int) -> list[dict]:
         """Batches drawn uniformly without replacement, about ``num_examples`` examples in all
-        (at least one batch): the mini-batch of a stochastic HVP."""
+        (at least one batch): the mini-batch of a stochastic HVP. ``generator``: a CPU generator
+        (the draw is host-side, the same whatever the model's device)."""
         per_batch = max(1, self.size // max(1, len(self.batches)))
         count = min(len(self.batches), max(1, round(num_examples / per_batch)))
         return [self.batches[i] for i in torch.randperm(len(self.batches), generator=generator)[:count].tolist()]
@@ -201,7 +222,8 @@ PAD_MULTIPLE = 8
 
 def tokenize(tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int,
              pad_to_multiple_of: int | None = PAD_MULTIPLE) -> dict:
-    """Padded tensors for a batch of texts, whitespace words kept one-to-one (``word_ids``).
+    """Padded CPU tensors for a batch of texts, whitespace words kept one-to-one (``word_ids``);
+    :meth:`Objective.prepare` moves them to the model's device.
 
     Lengths are padded to a multiple of :data:`PAD_MULTIPLE`: with length-sorted batches every
     batch would otherwise have its own shape, and the CPU kernels' per-shape caches made peak
@@ -260,7 +282,8 @@ def _batch_hvp(objective: Objective, batch: dict, v: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 def loss_measurement_gradient(objective: Objective, batch: dict) -> Tensor:
-    """∇θ L(z_test; θ) for each test example of a prepared batch, shape ``(Q, P)``.
+    """∇θ L(z_test; θ) for each test example of a prepared batch, shape ``(Q, P)``, on the
+    parameters' device.
 
     With it, I(z, L_test) = -∇θL_testᵀ H⁻¹ ∇θL(z) is Koh & Liang's I_up,loss.
     Cost: Q backward passes.
@@ -277,11 +300,13 @@ def saliency_measurement(model: nn.Module, params: ParameterSet, batch: dict, la
 
     The measurement of Eq. 5: the (summed) token saliency s(x_t) = Σ_j ∂S_y/∂e_t,j of
     Sec. 3.1, as a function of the flat θ_S, ``(P,) -> ()``; a word's measurement is the sum of
-    its word pieces' saliencies. ``batch`` holds one example (tensors ``(1, L)``).
+    its word pieces' saliencies. ``batch`` holds one example (tensors ``(1, L)``, on any device:
+    moved to the model's). ``θ`` must live on the model's device.
     """
     block = find_embedding_block(model)
-    y = torch.tensor([label])
-    positions = torch.as_tensor(list(token_positions))
+    device = model_device(model)
+    y = torch.tensor([label], device=device)
+    positions = torch.as_tensor(list(token_positions), dtype=torch.long, device=device)
 
     def measure(theta: Tensor) -> Tensor:
         grad, emb, _ = embedding_gradient(model, batch, y, target=target, params=params.unflatten(theta), block=block)
@@ -291,7 +316,8 @@ def saliency_measurement(model: nn.Module, params: ParameterSet, batch: dict, la
 
 def saliency_measurement_gradient(model: nn.Module, params: ParameterSet, batch: dict, label: int,
                                   token_positions: Sequence[int], **kwargs) -> Tensor:
-    """∇θ w_y(e) of Eq. 5, shape ``(P,)``: gradient of :func:`saliency_measurement`.
+    """∇θ w_y(e) of Eq. 5, shape ``(P,)`` on the parameters' device: gradient of
+    :func:`saliency_measurement`.
 
     Cost: one forward, one backward and one double-backward pass of the full model.
     """
@@ -317,14 +343,17 @@ def resolve_damping_scale(objective: Objective, data: PreparedData,
     if options.damping is not None and (options.scale is not None or options.solver != "lissa"):
         return options, {}
     gen = torch.Generator().manual_seed(options.seed)
-    lo, hi = ihvp.extreme_eigenvalues(full_hvp(objective, data), numel, iters=options.power_iters, seed=options.seed)
+    device = objective.theta.device
+    lo, hi = ihvp.extreme_eigenvalues(full_hvp(objective, data), numel, iters=options.power_iters, seed=options.seed,
+                                      device=device)
     estimates = {"lambda_min": lo, "lambda_max": hi}
     top = hi
     if options.solver == "lissa":
         for k in range(3):
             batches = data.sample(gen, options.batch_size)
             top = max(top, ihvp.extreme_eigenvalues(lambda u, b=batches: _mean_hvp(objective, b, u), numel,
-                                                    iters=options.power_iters, seed=options.seed + k + 1)[1])
+                                                    iters=options.power_iters, seed=options.seed + k + 1,
+                                                    device=device)[1])
         estimates["lambda_max_minibatch"] = top
     depth = options.depth if options.solver == "lissa" else None
     damping, scale = ihvp.auto_damping_scale(lo, top, damping=options.min_damping, depth=depth)
@@ -336,9 +365,11 @@ def resolve_damping_scale(objective: Objective, data: PreparedData,
 def lowrank_hessian(objective: Objective, data: PreparedData, options: SolverOptions) -> ihvp.LowRankHessian:
     """The top-``options.rank`` eigenpairs of the full-data Hessian, for the ``"lowrank"`` solver.
 
-    Compute once, pass to every :func:`compute_s_test` call. Cost: a few x rank full-data HVPs.
+    Compute once, pass to every :func:`compute_s_test` call. The eigenvectors ``(P, rank)`` live
+    on the parameters' device. Cost: a few x rank full-data HVPs.
     """
-    return ihvp.top_eigenpairs(full_hvp(objective, data), objective.params.numel, options.rank, seed=options.seed)
+    return ihvp.top_eigenpairs(full_hvp(objective, data), objective.params.numel, options.rank, seed=options.seed,
+                               device=objective.theta.device)
 
 
 def compute_s_test(objective: Objective, data: PreparedData, v: Tensor, options: SolverOptions | None = None,
@@ -346,10 +377,12 @@ def compute_s_test(objective: Objective, data: PreparedData, v: Tensor, options:
     """s_test = (H + λI)⁻¹ v for ``v`` of shape ``(Q, P)`` (rows: ∇θ m of Q measurements; App. B,
     the vector of Eq. 4-5, whose scores are I(z, m) = -s_testᵀ ∇θ L(z)).
 
-    Returns an :class:`~hf_pairdots.ihvp.IHVPResult` with ``x`` of shape ``(Q, P)`` and
-    diagnostics holding λ, σ, the eigenvalue estimates (when automatic) and, per query, the
-    relative residual ||(H + λI)s - v|| / ||v|| measured with the Hessian of
-    ``residual_examples`` sampled training examples (all when the data is smaller). With LiSSA
+    ``v`` may live on any device; it is moved to the parameters' device, where the whole solve
+    runs. Returns an :class:`~hf_pairdots.ihvp.IHVPResult` with ``x`` of shape ``(Q, P)`` on the
+    parameters' device (so are the per-repeat solutions below) and diagnostics holding λ, σ,
+    the eigenvalue estimates (when automatic) and, per query, the relative residual
+    ||(H + λI)s - v|| / ||v|| measured with the Hessian of ``residual_examples`` sampled
+    training examples (all when the data is smaller). With LiSSA
     and ``options.keep_repeats`` also ``diagnostics["repeats"]``, the ``(R, Q, P)`` per-repeat
     solutions (a tensor: drop it before writing the diagnostics as JSON), for the top-k
     stability of :mod:`hf_pairdots.stability`.
@@ -368,6 +401,7 @@ def compute_s_test(objective: Objective, data: PreparedData, v: Tensor, options:
         FloatingPointError: s_test is not finite.
     """
     options = options or SolverOptions()
+    v = v.to(objective.theta.device)
     estimates = {}
     if options.damping is None or (options.solver == "lissa" and options.scale is None):
         options, estimates = resolve_damping_scale(objective, data, options)
@@ -383,8 +417,8 @@ def compute_s_test(objective: Objective, data: PreparedData, v: Tensor, options:
     elif options.solver == "lowrank":
         result = ihvp.lowrank_solve(lowrank or lowrank_hessian(objective, data, options), v, damping=options.damping)
     else:
-        result = ihvp.exact_solve(ihvp.explicit_hessian(full, objective.params.numel, dtype=v.dtype), v,
-                                  damping=options.damping)
+        result = ihvp.exact_solve(ihvp.explicit_hessian(full, objective.params.numel, dtype=v.dtype, device=v.device),
+                                  v, damping=options.damping)
     result.diagnostics.update(estimates)
     check = data.sample(torch.Generator().manual_seed(options.seed + 1), residual_examples)
     result.diagnostics["relative_residual"] = ihvp.relative_residual(
@@ -407,40 +441,46 @@ def train_influence(objective: Objective, data: PreparedData, s_test: Tensor) ->
     """I(z_i, m_q) for every training example (Eq. 4 chained with m; Eq. 5 for saliency).
 
     Args:
-        s_test: ``(Q, P)``.
+        s_test: ``(Q, P)``, on any device (moved to the parameters').
 
     Returns:
-        ``(Q, n)`` influence scores in the order of the texts given to :func:`prepare_data`.
+        ``(Q, n)`` influence scores in the order of the texts given to :func:`prepare_data`, on
+        the CPU (accumulated on the model's device, copied once at the end).
         Cost: one forward-mode pass over the prepared data per query (vectorised over Q for the
         cached top); memory: one batch at a time (case C12).
     """
-    out = torch.empty(s_test.shape[0], data.size, dtype=s_test.dtype)
+    s_test = s_test.to(objective.theta.device)
+    out = torch.empty(s_test.shape[0], data.size, dtype=s_test.dtype, device=s_test.device)
     for batch in data.batches:
         with torch.no_grad():
-            out[:, batch["index"]] = -_loss_directional(objective, batch, s_test)
-    return out
+            out[:, batch["index"].to(out.device)] = -_loss_directional(objective, batch, s_test)
+    return out.cpu()
 
 
 def train_influence_by_gradients(objective: Objective, data: PreparedData, s_test: Tensor) -> Tensor:
     """The same scores as :func:`train_influence` by explicit per-example gradients (reference).
 
-    Cost: one backward pass per training example; used in tests to check the JVP route.
+    Cost: one backward pass per training example; used in tests to check the JVP route. Returns
+    ``(Q, n)`` on the CPU, as :func:`train_influence` does.
     """
-    out = torch.empty(s_test.shape[0], data.size, dtype=s_test.dtype)
+    s_test = s_test.to(objective.theta.device)
+    out = torch.empty(s_test.shape[0], data.size, dtype=s_test.dtype, device=s_test.device)
     for batch in data.batches:
         for j, index in enumerate(batch["index"].tolist()):
             g = torch.func.grad(lambda th: objective.per_example_loss(th, batch)[j])(objective.theta)
             out[:, index] = -(s_test @ g)
-    return out
+    return out.cpu()
 
 
 def example_influence(objective: Objective, tokenizer, texts: Sequence[str], labels: Sequence[int],
                       s_test: Tensor, *, max_length: int = 128, inputs_embeds: Tensor | None = None) -> Tensor:
-    """I(z, m_q) for a handful of (possibly perturbed) examples given as texts, ``(Q, len(texts))``.
+    """I(z, m_q) for a handful of (possibly perturbed) examples given as texts, ``(Q, len(texts))``
+    on the CPU. ``s_test`` may live on any device (moved to the parameters').
 
     ``inputs_embeds`` ``(len(texts), L, H)``: embeddings to use instead of the word-embedding
     lookup, for the texts as :func:`~hf_pairdots.saliency.encode_words` tokenises them (no
-    extra padding). Raises ``ValueError`` when their shape does not match that tokenisation.
+    extra padding), on any device. Raises ``ValueError`` when their shape does not match that
+    tokenisation.
     """
     batch = tokenize(tokenizer, texts, labels, max_length, None if inputs_embeds is not None else PAD_MULTIPLE)
     if inputs_embeds is not None and inputs_embeds.shape[:2] != batch["input_ids"].shape:
@@ -450,12 +490,12 @@ def example_influence(objective: Objective, tokenizer, texts: Sequence[str], lab
         batch["inputs_embeds"] = inputs_embeds
         del batch["input_ids"]
     with torch.no_grad():
-        return -_loss_directional(objective, objective.prepare(batch), s_test)
+        return (-_loss_directional(objective, objective.prepare(batch), s_test.to(objective.theta.device))).cpu()
 
 
 def perturbation_influence(objective: Objective, tokenizer, text: str, label: int, variants: Sequence[str],
                            s_test: Tensor, *, max_length: int = 128) -> Tensor:
-    """I(z, z̃, m) = I(z̃, m) - I(z, m) for each perturbed text z̃ of z (Eq. 6-7), ``(Q, V)``.
+    """I(z, z̃, m) = I(z̃, m) - I(z, m) for each perturbed text z̃ of z (Eq. 6-7), ``(Q, V)`` on the CPU.
 
     The perturbed example keeps z's label. Positive: replacing z by z̃ raises m.
     Cost: one forward-mode pass over V + 1 examples.
@@ -482,7 +522,8 @@ def erased_variants(tokenizer, text: str, eraser: str = "unk") -> list[str]:
 
 def word_influence(objective: Objective, tokenizer, text: str, label: int, s_test: Tensor, *,
                    eraser: str = "unk", max_length: int = 128) -> Tensor:
-    """I(x_t, m) = I(z, m) - I(z̃(t, UNK), m) for each whitespace word x_t of z (Eq. 8), ``(Q, W)``.
+    """I(x_t, m) = I(z, m) - I(z̃(t, UNK), m) for each whitespace word x_t of z (Eq. 8), ``(Q, W)``
+    on the CPU.
 
     ``eraser``: ``"unk"`` (the paper), ``"mask"``, or ``"zero"`` (the word's word-piece
     embeddings set to zero: the paper's footnote 2). Positive: the word's presence raises m.
@@ -504,7 +545,7 @@ def word_influence(objective: Objective, tokenizer, text: str, label: int, s_tes
 def _zeroed_embeddings(model: nn.Module, tokenizer, words: list[str], max_length: int) -> Tensor:
     enc, _, _ = encode_words(tokenizer, [" ".join(words)] * (len(words) + 1), max_length)
     with torch.no_grad():
-        emb = model.get_input_embeddings()(enc["input_ids"]).clone()
+        emb = model.get_input_embeddings()(enc["input_ids"].to(model_device(model))).clone()
     ids = enc.word_ids(0)
     for t in range(len(words)):
         emb[t + 1, [p for p, w in enumerate(ids) if w == t]] = 0.0
