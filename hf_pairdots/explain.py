@@ -23,6 +23,11 @@ arguments that change s_test, the bytes of the row's ∇θ m). A later :meth:`Ex
 that meets the same row reads it back instead of solving; only the missing rows of a chunk are
 solved, together. Diagnostics (issue #3, capability 7) say per row whether it came from the
 cache, its relative residual, and with LiSSA repeats the top-k overlap across the repeats.
+
+Devices: the model may sit on any one device (a GPU after ``Trainer``); every forward, HVP and
+solve runs there (:mod:`hf_pairdots.influence`). Probabilities, saliencies, training scores and
+records are on the CPU; s_test rows stay on the model's device (and are copied to the CPU only
+to be cached).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from .cache import STestCache, cache_key, fingerprint_model, fingerprint_tensor,
 from .distributed import broadcast_object, broadcast_tensor, is_main_process, sharded_train_influence
 from .influence import (compute_s_test, lowrank_hessian, make_objective, prepare_data, resolve_damping_scale,
                         saliency_measurement_gradient, word_influence)
-from .saliency import encode_words, find_embedding_block, model_inputs, saliency
+from .saliency import encode_words, find_embedding_block, model_device, model_inputs, saliency
 from .stability import topk_overlap
 
 RESIDUAL_EXAMPLES = 256
@@ -68,10 +73,10 @@ class SolvedRows:
     """s_test and the Eq. 5 training scores of Q measurement rows, solved now or read from the cache.
 
     Attributes:
-        x: ``(Q, P)`` s_test = (H + λI)⁻¹ ∇θ m per row.
-        scores: ``(Q, n)`` I(z_i, m) (Eq. 5; positive: up-weighting z_i raises m).
+        x: ``(Q, P)`` s_test = (H + λI)⁻¹ ∇θ m per row, on the model's device.
+        scores: ``(Q, n)`` I(z_i, m) (Eq. 5; positive: up-weighting z_i raises m), on the CPU.
         repeat_scores: ``(R, Q, n)`` the same scores from each LiSSA repeat's s_test (LiSSA with
-            ``repeat > 1``), else ``None``.
+            ``repeat > 1``, on the CPU), else ``None``.
         meta: per row, the JSON metadata stored with its s_test: ``relative_residual`` (float),
             ``solve`` (solve-level diagnostics: solver, damping, scale, ...) and, with repeats,
             ``repeat_relative_spread`` (float).
@@ -88,11 +93,15 @@ class SolvedRows:
 @torch.no_grad()
 def predict_proba(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_size: int = 64,
                   max_length: int = 128, show_progress: bool = False) -> torch.Tensor:
-    """Class probabilities ``(N, num_labels)``; texts must be non-empty. Cost: N forward passes."""
+    """Class probabilities ``(N, num_labels)``, float32 on the CPU; texts must be non-empty.
+
+    The forward passes run on the model's device. Cost: N forward passes.
+    """
     out = []
+    device = model_device(model)
     for start in tqdm(range(0, len(texts), batch_size), disable=not show_progress, desc="predict"):
         enc, _, _ = encode_words(tokenizer, texts[start:start + batch_size], max_length)
-        out.append(model(**model_inputs(dict(enc))).logits.float().softmax(-1))
+        out.append(model(**model_inputs(dict(enc), device)).logits.float().softmax(-1).cpu())
     return torch.cat(out) if out else torch.empty(0, model.config.num_labels)
 
 
@@ -101,7 +110,8 @@ class Explainer:
 
     Args:
         model: the trained classifier, float32, eval mode (see
-            :func:`hf_pairdots.influence.influence_mode`).
+            :func:`hf_pairdots.influence.influence_mode`), on any one device (its inputs,
+            cached features, Hessian products and s_test are put there).
         tokenizer: its tokenizer.
         train_texts, train_labels: the training set (the Hessian and the candidates).
         args: :class:`~hf_pairdots.arguments.ExplainArguments`.
@@ -207,9 +217,13 @@ class Explainer:
         cache and broadcasts what it found, every rank solves the same missing rows and keeps
         rank 0's s_test, and only rank 0 writes.
 
+        ``v`` may live on any device; the solve runs on the model's, cached rows are read from
+        the CPU and moved there.
+
         Returns:
-            :class:`SolvedRows`.
+            :class:`SolvedRows` (``x`` on the model's device, scores on the CPU).
         """
+        v = v.to(self.objective.device)
         q, n, dtype = v.shape[0], self.data.size, v.dtype
         keys = [cache_key("s_test", *self._key_parts, fingerprint_tensor(row)) for row in v] if self.cache else None
         found = [None] * q
@@ -222,7 +236,7 @@ class Explainer:
         meta = [None] * q
         for r, entry in enumerate(found):
             if entry is not None:
-                x[r], meta[r], scores[r] = entry[0], entry[1], entry[2]
+                x[r], meta[r], scores[r] = entry[0].to(x.device), entry[1], entry[2]
                 if repeat_scores is not None:
                     repeat_scores[:, r] = entry[3]
         missing = [r for r, entry in enumerate(found) if entry is None]
@@ -236,7 +250,7 @@ class Explainer:
             block = [solved]
             if self.repeats:  # (R, M, P) -> (R*M, P): scored in the same training pass as the mean
                 block.append(broadcast_tensor(result.diagnostics.pop("repeats")).flatten(0, 1))
-            all_scores = sharded_train_influence(self.objective, self.data, torch.cat(block))
+            all_scores = sharded_train_influence(self.objective, self.data, torch.cat(block)).cpu()
             m = len(missing)
             x[missing] = solved
             scores[missing] = all_scores[:m]
@@ -310,7 +324,8 @@ class Explainer:
         word = row["salient_word"]
         positions = [p for p, w in enumerate(enc.word_ids(0)) if w == word]
         sign = -1.0 if self.args.salient_by == "magnitude" and row["saliency"].scores[word] < 0 else 1.0
-        return sign * saliency_measurement_gradient(self.model, self.objective.params, model_inputs(dict(enc)),
+        return sign * saliency_measurement_gradient(self.model, self.objective.params,
+                                                    model_inputs(dict(enc), self.objective.device),
                                                     row["label"], positions, mode=self.args.saliency_mode,
                                                     target=self.args.saliency_target)
 

@@ -4,6 +4,10 @@
 code runs on one CPU process here and on many GPUs with ``accelerate launch``. Accuracy comes
 from the repo's own ``evaluate`` metric script (:func:`hf_pairdots.metrics.load_accuracy`),
 which works offline.
+
+Devices: training runs where Accelerate puts the model (the GPU when there is one) and the model
+is returned there; :func:`accuracy` runs its forward passes on the model's device and reads the
+predictions back on the CPU.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ def tokenize_dataset(dataset, tokenizer, max_length: int = 128):
 def train_classifier(model, tokenizer, train_dataset, *, epochs: float = 2, learning_rate: float = 5e-5,
                      batch_size: int = 16, max_length: int = 128, seed: int = 0, weight_decay: float = 0.01,
                      accelerator: Accelerator | None = None, show_progress: bool = True):
-    """Fine-tune ``model`` on a ``text``/``label`` dataset with Accelerate; returns the unwrapped model.
+    """Fine-tune ``model`` on a ``text``/``label`` dataset with Accelerate; returns the unwrapped model
+    (on the accelerator's device).
 
     Cost: ``epochs`` x len(train) forward + backward passes (the unit other costs are quoted in).
     The model is left in eval mode.
@@ -69,7 +74,8 @@ def train_classifier(model, tokenizer, train_dataset, *, epochs: float = 2, lear
 
 
 def accuracy(model, tokenizer, dataset, *, batch_size: int = 64, max_length: int = 128) -> float:
-    """Accuracy of ``model`` on a ``text``/``label`` dataset; an empty text is classified as ``"."``."""
+    """Accuracy of ``model`` (on any device) on a ``text``/``label`` dataset; an empty text is
+    classified as ``"."``."""
     texts = [t if t.strip() else "." for t in dataset["text"]]
     predictions = predict_proba(model, tokenizer, texts, batch_size=batch_size, max_length=max_length).argmax(-1)
     return load_accuracy().compute(predictions=predictions.tolist(), references=list(dataset["label"]))["accuracy"]

@@ -48,6 +48,10 @@ the objective's relations and the same candidate sets: one word, no influence.
 
 :func:`exhaustive_search` scores every (position, substitute) pair; it is the reference the
 two-stage search approximates (tests measure how often they agree).
+
+**Devices.** ``s_test`` may live anywhere (the Eq. 7-8 passes run on the model's device); the
+scores a search reads are on the CPU, and the generators are CPU generators (positions are
+drawn host-side, the same on every device).
 """
 
 from __future__ import annotations
@@ -298,14 +302,15 @@ def search_edit(objective: Objective, tokenizer, lexicon: Lexicon, text: str, la
         lexicon: WordNet substitutes (:class:`~hf_pairdots.augment.lexicon.Lexicon`).
         text, label: the training example; the edit keeps ``label``.
         s_test: ``(1, P)`` or ``(P,)`` s_test of the measurement m (the salient word's saliency
-            for the label the objective moves: y for ``*_down``/``fix_up``, y' otherwise).
+            for the label the objective moves: y for ``*_down``/``fix_up``, y' otherwise), on
+            any device (normally the model's).
         goal: one of :data:`OBJECTIVES` or its name.
         num_sampled: T, the random extra positions (paper: 5); 0 = the pure two-stage search.
         max_candidates: substitutes tried per position (WordNet order).
-        generator: seeded ``torch.Generator`` for the sampled positions (default: seed 0).
+        generator: seeded CPU ``torch.Generator`` for the sampled positions (default: seed 0).
         eraser, max_length: as for :func:`~hf_pairdots.influence.word_influence`.
         word_scores: the ``(W,)`` Eq. 8 scores of the text for this measurement, when already
-            computed (the explanation computes them; saves one pass).
+            computed (the explanation computes them; saves one pass), on any device.
 
     Returns:
         :class:`SearchResult`; ``edit`` is ``None`` and ``reason`` says why when no word of the
@@ -328,7 +333,7 @@ def search_edit(objective: Objective, tokenizer, lexicon: Lexicon, text: str, la
     if word_scores is None:
         word_scores = word_influence(objective, tokenizer, text, label, s_test, eraser=eraser,
                                      max_length=max_length)[0]
-    word_scores = torch.as_tensor(word_scores).reshape(-1)
+    word_scores = torch.as_tensor(word_scores).detach().cpu().reshape(-1)
     if len(word_scores) != len(text.split()):
         raise ValueError(f"word_scores has {len(word_scores)} entries for {len(text.split())} words")
     # Eq. 11: to decrease m take the word whose presence raises m most; to increase it, lowers it most.
