@@ -5,9 +5,11 @@ reaches the classifier, and the last layer's feed-forward block acts on each pos
 So with θ_S = {last feed-forward block, pooler, classifier} (the ``"top"`` preset of
 :func:`hf_pairdots.autograd.select_parameters`), the loss of a training example depends on θ_S
 only through one H-vector per example: the last layer's attention output at position 0.
-:func:`compute_features` computes it once (one forward pass per example, no gradient), and
-:class:`TopHead` maps it to logits with the model's own modules, so HVPs and directional
-derivatives cost a few small matrix products instead of a full forward/backward pass.
+With θ_S = {pooler, classifier} (the ``"head"`` preset) the cut is higher still: the last
+layer's output at position 0 (the pooler's input), and the feed-forward block is not re-run.
+:func:`compute_features` computes the features once (one forward pass per example, no
+gradient), and :class:`TopHead` maps them to logits with the model's own modules, so HVPs and
+directional derivatives cost a few small matrix products instead of a full forward/backward pass.
 
 :func:`top_head_test` of the tests checks ``TopHead(features) == model(...).logits``.
 
@@ -40,35 +42,50 @@ def supports_top_head(model: nn.Module) -> bool:
     return _bert_parts(model) is not None
 
 
+CUTS = ("ffn", "pooler")
+
+
 class TopHead(nn.Module):
     """The model's top as a function of cached features: ``(B, H) -> (B, num_labels)`` logits.
 
+    ``cut``: where the cached features are taken (see :func:`compute_features`): ``"ffn"``
+    (the last layer's feed-forward block, pooler and classifier are run) or ``"pooler"`` (only
+    pooler and classifier; about 9x fewer multiply-adds for MiniLM-L6).
+
     Holds the model as ``self.model`` (no copy), so ``functional_call`` on the head takes the
     model's parameter names prefixed with ``"model."``. Eval mode: dropout is the identity.
+
+    Raises:
+        ValueError: the model lacks the BERT layout, or an unknown ``cut``.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, cut: str = "ffn"):
         super().__init__()
         if _bert_parts(model) is None:
             raise ValueError(f"{type(model).__name__} lacks the BERT layout (encoder.layer, pooler, classifier)")
-        self.model = model
+        if cut not in CUTS:
+            raise ValueError(f"cut={cut!r}: use one of {CUTS}")
+        self.model, self.cut = model, cut
 
     def forward(self, features: Tensor) -> Tensor:
         _, last, pooler, classifier = _bert_parts(self.model)
-        x = features[:, None, :]
-        hidden = last.output(last.intermediate(x), x)
+        hidden = features[:, None, :]
+        if self.cut == "ffn":
+            hidden = last.output(last.intermediate(hidden), hidden)
         return classifier(pooler(hidden))
 
     def parameter_names(self) -> set[str]:
         """Model parameter names that the head uses."""
         _, last, pooler, classifier = _bert_parts(self.model)
-        owned = {id(p) for m in (last.intermediate, last.output, pooler, classifier) for p in m.parameters()}
+        modules = (pooler, classifier) if self.cut == "pooler" else (last.intermediate, last.output, pooler, classifier)
+        owned = {id(p) for m in modules for p in m.parameters()}
         return {n for n, p in self.model.named_parameters() if id(p) in owned}
 
 
 @torch.no_grad()
-def compute_features(model: nn.Module, batch: dict, out: Tensor | None = None) -> Tensor:
-    """The last layer's attention output at position 0, shape ``(B, H)``, float32.
+def compute_features(model: nn.Module, batch: dict, out: Tensor | None = None, cut: str = "ffn") -> Tensor:
+    """The features :class:`TopHead` reads, shape ``(B, H)``, float32: at position 0, the last
+    layer's attention output (``cut="ffn"``) or the last layer's output (``"pooler"``).
 
     ``batch`` may live on any device: its inputs are moved to the model's device. Without
     ``out`` the features are returned on the model's device. ``out``: a ``(B, H)`` float32
@@ -78,10 +95,10 @@ def compute_features(model: nn.Module, batch: dict, out: Tensor | None = None) -
     _, last, _, _ = _bert_parts(model)
     captured = {}
 
-    def keep_input(module, inputs, output):
-        captured["x"] = inputs[0][:, 0]
+    def keep(module, inputs, output):
+        captured["x"] = (inputs[0] if cut == "ffn" else output)[:, 0]
 
-    handle = last.intermediate.register_forward_hook(keep_input)
+    handle = (last.intermediate if cut == "ffn" else last.output).register_forward_hook(keep)
     try:
         model(**model_inputs(batch, model_device(model)))
     finally:

@@ -144,20 +144,23 @@ class CachedTopObjective(Objective):
     """Loss through :class:`~hf_pairdots.features.TopHead` on cached features (BERT family).
 
     ``prepare`` runs the bottom of the model once (one forward pass, no gradient); after that a
-    loss, JVP or HVP touches only the top feed-forward block, pooler and classifier.
+    loss, JVP or HVP touches only the top feed-forward block, pooler and classifier, or only
+    the pooler and classifier when θ_S lies in them (the ``"head"`` preset: the features are
+    then the pooler's input).
     """
 
     vectorized = True
 
     def __init__(self, model: nn.Module, params: ParameterSet):
         super().__init__(model, params)
-        self.head = TopHead(model)
+        pooler_only = set(params.names) <= TopHead(model, "pooler").parameter_names()
+        self.head = TopHead(model, "pooler" if pooler_only else "ffn")
         outside = set(params.names) - self.head.parameter_names()
         if outside:
             raise ValueError(f"parameters outside the cached top: {sorted(outside)[:3]}...; use FullModelObjective")
 
     def prepare(self, batch: dict) -> dict:
-        return {"features": compute_features(self.model, batch), "labels": batch["labels"].to(self.device)}
+        return {"features": compute_features(self.model, batch, cut=self.head.cut), "labels": batch["labels"].to(self.device)}
 
     def prepare_many(self, batches: Sequence[dict]) -> list[dict]:
         """The features of all batches written into ONE ``(N, H)`` buffer, each batch a view.
@@ -174,7 +177,7 @@ class CachedTopObjective(Objective):
         out = [{"features": buffer[end - size:end], "labels": batch["labels"].to(self.device)}
                for batch, size, end in zip(batches, sizes, ends)]
         for batch, prepared in reversed(list(zip(batches, out))):
-            compute_features(self.model, batch, out=prepared["features"])
+            compute_features(self.model, batch, out=prepared["features"], cut=self.head.cut)
         return out
 
     def per_example_loss(self, theta: Tensor, batch: dict) -> Tensor:

@@ -39,7 +39,7 @@ def get_dataloaders(config: dict):
 
 def explain_queries(config: dict, model, tokenizer, train, queries, out: Path) -> list[dict]:
     return common.explain_with_edits(config, model, tokenizer, train, queries, out, mode="attack", selection="all",
-                                     objective="attack_combined", top_k=2 * max(config["ks"]) + 3)
+                                     objective="attack_combined", top_k=max(config["ks"]) + 2)
 
 
 def training_function(config: dict, args) -> dict:

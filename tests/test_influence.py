@@ -74,21 +74,25 @@ def directions(numel, q=2, seed=0):
 # Cached top == full model
 # --------------------------------------------------------------------------------------------
 
-def test_top_head_equals_model_logits(bert, tok):
+@pytest.mark.parametrize("cut", ["ffn", "pooler"])
+def test_top_head_equals_model_logits(bert, tok, cut):
     batch = tokenize(tok, TEXTS, LABELS, 64)
     with torch.no_grad():
         logits = bert(**model_inputs(batch)).logits
-        head = TopHead(bert)(compute_features(bert, batch))
+        head = TopHead(bert, cut)(compute_features(bert, batch, cut=cut))
     assert head.shape == logits.shape == (len(TEXTS), 2)
     assert torch.allclose(head, logits, rtol=1e-5, atol=1e-6)
     assert float((logits[:, 0] - logits[:, 1]).std()) > 1e-3  # inputs matter: not a constant map
 
 
-def test_cached_top_objective_equals_full_model_objective(bert, tok):
+@pytest.mark.parametrize("preset, cut", [("top", "ffn"), ("head", "pooler")])
+def test_cached_top_objective_equals_full_model_objective(bert, tok, preset, cut):
     """Losses, HVPs (Hessian of the mean loss), directional derivatives and test gradients of
-    the cached top agree with the loss through the whole model, to 1e-5."""
-    params = select_parameters(bert, "top")
+    the cached top agree with the loss through the whole model, to 1e-5; "head" caches the
+    pooler's input and skips the feed-forward block."""
+    params = select_parameters(bert, preset)
     cached, full = CachedTopObjective(bert, params), FullModelObjective(bert, params)
+    assert cached.head.cut == cut
     assert isinstance(make_objective(bert, "top"), CachedTopObjective)
     assert isinstance(make_objective(bert, "all"), FullModelObjective)
     dc = prepare_data(cached, tok, TEXTS, LABELS, batch_size=4)
