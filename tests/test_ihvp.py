@@ -376,3 +376,26 @@ def test_lowrank_full_rank_equals_exact_and_truncation_is_damping_only():
     assert torch.allclose(approx, exact, rtol=1e-3, atol=1e-5)
     with pytest.raises(ValueError, match="damping"):
         lowrank_solve(factor, v, damping=0.0)
+
+
+def test_extreme_eigenvalues_with_hundreds_of_zero_eigenvalues():
+    """A 2-label softmax layer has a degenerate Hessian (420 of 770 eigenvalues zero in the
+    peers benchmark); asking ARPACK for both ends at once failed there. The shifted second run
+    finds both ends: λ_min ≈ 0 and λ_max to 1e-3 relative."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(350, 770, generator=g, dtype=torch.float64) / 30
+    h = (a.T @ a).float()
+    true = torch.linalg.eigvalsh(h.double())
+    assert int((true.abs() < 1e-6).sum()) == 420
+    lo, hi = extreme_eigenvalues(lambda v: v @ h, 770, iters=20)
+    assert abs(lo) < 1e-4 * float(true[-1])
+    assert hi == pytest.approx(float(true[-1]), rel=1e-3)
+
+
+def test_extreme_eigenvalues_indefinite_both_ends():
+    """An indefinite spectrum with its largest magnitude at the negative end: both ends found."""
+    values = torch.cat([torch.linspace(-3.0, -1.0, 5), torch.zeros(40), torch.linspace(0.1, 2.0, 55)])
+    q, _ = torch.linalg.qr(torch.randn(100, 100, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    h = (q @ torch.diag(values.double()) @ q.T).float()
+    lo, hi = extreme_eigenvalues(lambda v: v @ h, 100, iters=20)
+    assert lo == pytest.approx(-3.0, rel=1e-2) and hi == pytest.approx(2.0, rel=1e-2)
