@@ -42,15 +42,16 @@ def supports_top_head(model: nn.Module) -> bool:
     return _bert_parts(model) is not None
 
 
-CUTS = ("ffn", "pooler")
+CUTS = ("ffn", "pooler", "classifier")
 
 
 class TopHead(nn.Module):
     """The model's top as a function of cached features: ``(B, H) -> (B, num_labels)`` logits.
 
     ``cut``: where the cached features are taken (see :func:`compute_features`): ``"ffn"``
-    (the last layer's feed-forward block, pooler and classifier are run) or ``"pooler"`` (only
-    pooler and classifier; about 9x fewer multiply-adds for MiniLM-L6).
+    (the last layer's feed-forward block, pooler and classifier are run), ``"pooler"`` (only
+    pooler and classifier; about 9x fewer multiply-adds for MiniLM-L6) or ``"classifier"``
+    (the classifier alone, on the pooled output).
 
     Holds the model as ``self.model`` (no copy), so ``functional_call`` on the head takes the
     model's parameter names prefixed with ``"model."``. Eval mode: dropout is the identity.
@@ -69,6 +70,8 @@ class TopHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         _, last, pooler, classifier = _bert_parts(self.model)
+        if self.cut == "classifier":
+            return classifier(features)
         hidden = features[:, None, :]
         if self.cut == "ffn":
             hidden = last.output(last.intermediate(hidden), hidden)
@@ -77,7 +80,8 @@ class TopHead(nn.Module):
     def parameter_names(self) -> set[str]:
         """Model parameter names that the head uses."""
         _, last, pooler, classifier = _bert_parts(self.model)
-        modules = (pooler, classifier) if self.cut == "pooler" else (last.intermediate, last.output, pooler, classifier)
+        modules = {"classifier": (classifier,), "pooler": (pooler, classifier),
+                   "ffn": (last.intermediate, last.output, pooler, classifier)}[self.cut]
         owned = {id(p) for m in modules for p in m.parameters()}
         return {n for n, p in self.model.named_parameters() if id(p) in owned}
 
@@ -85,20 +89,24 @@ class TopHead(nn.Module):
 @torch.no_grad()
 def compute_features(model: nn.Module, batch: dict, out: Tensor | None = None, cut: str = "ffn") -> Tensor:
     """The features :class:`TopHead` reads, shape ``(B, H)``, float32: at position 0, the last
-    layer's attention output (``cut="ffn"``) or the last layer's output (``"pooler"``).
+    layer's attention output (``cut="ffn"``) or the last layer's output (``"pooler"``); or the
+    pooler's output (``"classifier"``).
 
     ``batch`` may live on any device: its inputs are moved to the model's device. Without
     ``out`` the features are returned on the model's device. ``out``: a ``(B, H)`` float32
     tensor to write into (returned), e.g. a view of one buffer for the whole training set
     (normally on the model's device too). Cost: one forward pass of the whole model (no gradient).
     """
-    _, last, _, _ = _bert_parts(model)
+    _, last, pooler, _ = _bert_parts(model)
     captured = {}
 
     def keep(module, inputs, output):
-        captured["x"] = (inputs[0] if cut == "ffn" else output)[:, 0]
+        if cut == "ffn":
+            captured["x"] = inputs[0][:, 0]  # the feed-forward block's input
+        else:
+            captured["x"] = output[:, 0] if cut == "pooler" else output
 
-    handle = (last.intermediate if cut == "ffn" else last.output).register_forward_hook(keep)
+    handle = {"ffn": last.intermediate, "pooler": last.output, "classifier": pooler}[cut].register_forward_hook(keep)
     try:
         model(**model_inputs(batch, model_device(model)))
     finally:

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from . import ihvp
 from .arguments import SolverOptions
 from .autograd import ParameterSet, directional_derivatives, hvp, select_parameters
-from .features import TopHead, compute_features, supports_top_head
+from .features import CUTS, TopHead, compute_features, supports_top_head
 from .saliency import (_check_labels, embedding_gradient, encode_words, find_embedding_block, label_score,
                        model_device, model_inputs, suspend_input_require_grads, token_saliency)
 
@@ -146,15 +146,16 @@ class CachedTopObjective(Objective):
     ``prepare`` runs the bottom of the model once (one forward pass, no gradient); after that a
     loss, JVP or HVP touches only the top feed-forward block, pooler and classifier, or only
     the pooler and classifier when θ_S lies in them (the ``"head"`` preset: the features are
-    then the pooler's input).
+    then the pooler's input), or only the classifier (``"classifier"``: the pooled output).
     """
 
     vectorized = True
 
     def __init__(self, model: nn.Module, params: ParameterSet):
         super().__init__(model, params)
-        pooler_only = set(params.names) <= TopHead(model, "pooler").parameter_names()
-        self.head = TopHead(model, "pooler" if pooler_only else "ffn")
+        # the highest cut whose modules hold θ_S
+        cut = next(c for c in reversed(CUTS) if set(params.names) <= TopHead(model, c).parameter_names())
+        self.head = TopHead(model, cut)
         outside = set(params.names) - self.head.parameter_names()
         if outside:
             raise ValueError(f"parameters outside the cached top: {sorted(outside)[:3]}...; use FullModelObjective")

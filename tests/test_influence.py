@@ -74,7 +74,7 @@ def directions(numel, q=2, seed=0):
 # Cached top == full model
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cut", ["ffn", "pooler"])
+@pytest.mark.parametrize("cut", ["ffn", "pooler", "classifier"])
 def test_top_head_equals_model_logits(bert, tok, cut):
     batch = tokenize(tok, TEXTS, LABELS, 64)
     with torch.no_grad():
@@ -85,7 +85,7 @@ def test_top_head_equals_model_logits(bert, tok, cut):
     assert float((logits[:, 0] - logits[:, 1]).std()) > 1e-3  # inputs matter: not a constant map
 
 
-@pytest.mark.parametrize("preset, cut", [("top", "ffn"), ("head", "pooler")])
+@pytest.mark.parametrize("preset, cut", [("top", "ffn"), ("head", "pooler"), ("classifier", "classifier")])
 def test_cached_top_objective_equals_full_model_objective(bert, tok, preset, cut):
     """Losses, HVPs (Hessian of the mean loss), directional derivatives and test gradients of
     the cached top agree with the loss through the whole model, to 1e-5; "head" caches the
