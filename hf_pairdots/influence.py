@@ -154,7 +154,7 @@ class CachedTopObjective(Objective):
     def __init__(self, model: nn.Module, params: ParameterSet):
         super().__init__(model, params)
         # the highest cut whose modules hold θ_S
-        cut = next(c for c in reversed(CUTS) if set(params.names) <= TopHead(model, c).parameter_names())
+        cut = next((c for c in reversed(CUTS) if set(params.names) <= TopHead(model, c).parameter_names()), "ffn")
         self.head = TopHead(model, cut)
         outside = set(params.names) - self.head.parameter_names()
         if outside:
