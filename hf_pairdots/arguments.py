@@ -115,7 +115,8 @@ class ExplainArguments(_Serializable):
         max_queries: explain at most this many (the first ones, in row order); ``None`` = all.
         labels: which labels to explain per query: ``"predicted"`` and/or ``"gold"``.
         top_k: responsible training examples kept per explained label.
-        params: parameter subset θ_S (see :func:`hf_pairdots.autograd.select_parameters`).
+        params: parameter subset θ_S (see :func:`hf_pairdots.autograd.select_parameters`);
+            ``"auto"``: the LoRA adapters of a peft model, else pooler + classifier (``"head"``).
         saliency_mode, saliency_target: see :mod:`hf_pairdots.saliency`.
         salient_by: which word is "most salient" and what Eq. 5 measures: ``"value"`` (the
             paper: largest signed s(x_t), m = s(x_t)) or ``"magnitude"`` (largest |s(x_t)|,
@@ -140,7 +141,7 @@ class ExplainArguments(_Serializable):
     max_queries: int | None = 30
     labels: tuple[str, ...] = LABEL_ROLES
     top_k: int = 5
-    params: str | list[str] = "head"
+    params: str | list[str] = "auto"
     saliency_mode: str = "gradient"
     saliency_target: str = "prob"
     salient_by: str = "value"

@@ -62,7 +62,7 @@ class ParameterSet:
         ])
 
 
-PRESETS = ("all", "top", "head", "classifier", "lora")
+PRESETS = ("auto", "all", "top", "head", "classifier", "lora")
 """Fixed preset names; ``"last:K"`` (the last K encoder layers + head) is accepted besides these."""
 
 LAST_PREFIX = "last:"
@@ -94,6 +94,8 @@ def _preset_patterns(model: nn.Module, preset: str) -> list[str]:
     inner = _unwrap_peft(model)
     prefix = _peft_prefix(model)
     base = getattr(inner, "base_model_prefix", "")
+    if preset == "auto":
+        preset = "lora" if any("lora_" in n for n, p in model.named_parameters() if p.requires_grad) else "head"
     if preset == "all":
         return ["*"]
     if preset == "lora":
@@ -122,6 +124,8 @@ def select_parameters(model: nn.Module, params: str | Sequence[str] = "head") ->
         model: the (unwrapped) classifier.
         params: a preset or a list of ``fnmatch`` patterns over parameter names:
 
+            * ``"auto"``: ``"lora"`` when the model has trainable LoRA adapters (a peft
+              model: influence over what was fine-tuned), else ``"head"``;
             * ``"all"``: every parameter that requires grad;
             * ``"top"`` (BERT family): the last encoder layer's feed-forward block, the
               pooler and the classifier; the subset that :mod:`hf_pairdots.features` caches

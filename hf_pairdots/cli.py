@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--queries", default="misclassified", choices=["misclassified", "all"])
     e.add_argument("--max-queries", type=int, default=30)
     e.add_argument("--top-k", type=int, default=5)
-    e.add_argument("--params", default="top")
+    e.add_argument("--params", default="auto", help="parameter subset θ_S: auto (LoRA adapters of a peft model, "
+                   "else pooler + classifier), head, top, all, classifier, lora, last:K")
     e.add_argument("--max-length", type=int, default=128)
     e.add_argument("--solver", default="lissa", choices=["lissa", "cg", "exact"])
     e.add_argument("--depth", type=int, default=200)

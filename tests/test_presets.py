@@ -94,3 +94,16 @@ def test_last_k_needs_a_bert_family_encoder():
     with pytest.raises(ValueError, match="needs an encoder"):
         select_parameters(distil, "last:1")
     assert select_parameters(distil, "classifier").numel > 0  # the other presets still work there
+
+
+def test_auto_preset_is_lora_on_peft_models_and_head_otherwise():
+    """Issue #4: a peft model is explained over its adapters by default (ExplainArguments.params
+    = "auto"); a plain model over pooler + classifier."""
+    from hf_pairdots.arguments import ExplainArguments
+
+    assert ExplainArguments().params == "auto"
+    plain = tiny_bert(seed=0)
+    assert select_parameters(plain, "auto").names == select_parameters(plain, "head").names
+    lora = get_peft_model(tiny_bert(seed=0), LoraConfig(r=2, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    names = select_parameters(lora, "auto").names
+    assert names == select_parameters(lora, "lora").names and names and all("lora_" in n for n in names)
