@@ -46,7 +46,7 @@ from .augment.search import OBJECTIVES, search_edit
 from .cache import STestCache, cache_key, fingerprint_model, fingerprint_tensor, fingerprint_texts
 from .distributed import broadcast_object, broadcast_tensor, is_main_process, sharded_train_influence
 from .influence import (compute_s_test, lowrank_hessian, make_objective, prepare_data, resolve_damping_scale,
-                        saliency_measurement_gradient, word_influence)
+                        prepare_word_variants, saliency_measurement_gradient, word_influence)
 from .saliency import encode_words, find_embedding_block, model_device, model_inputs, saliency
 from .stability import topk_overlap
 
@@ -148,6 +148,7 @@ class Explainer:
         self.data = prepare_data(self.objective, tokenizer, self.train_texts, self.train_labels,
                                  batch_size=args.batch_size, max_length=args.max_length)
         self.lexicon = None
+        self._variants: dict[int, dict] = {}  # training index -> its Eq. 8 variants, prepared
         if args.edit:
             ensure_wordnet()  # fail before any work (case C27)
             self.lexicon = Lexicon()
@@ -330,16 +331,22 @@ class Explainer:
                                                     target=self.args.saliency_target)
 
     def _word_influence(self, tops, s_test: torch.Tensor) -> dict[tuple[int, int], torch.Tensor]:
-        """Eq. 8 scores ``(W,)`` keyed by (row, training index), each distinct training example's
-        erased variants prepared once for all the rows whose top-k holds it."""
+        """Eq. 8 scores ``(W,)`` keyed by (row, training index). Each training example's erased
+        variants are prepared once per Explainer (one forward pass over W + 1 examples) and
+        reused by every row and every later chunk whose top-k holds it: dev errors share many
+        responsible examples. Memory: at most N x (W + 1) x H floats (cached-top objectives)."""
         rows_of: dict[int, list[int]] = {}
         for r, top in enumerate(tops):
             for index in top.indices.tolist():
                 rows_of.setdefault(index, []).append(r)
         out = {}
         for index, rows in tqdm(rows_of.items(), disable=not self.show_progress, desc="responsible words"):
+            if index not in self._variants:
+                self._variants[index] = prepare_word_variants(self.objective, self.tokenizer, self.train_texts[index],
+                                                              self.train_labels[index], eraser=self.args.eraser,
+                                                              max_length=self.args.max_length)
             scores = word_influence(self.objective, self.tokenizer, self.train_texts[index], self.train_labels[index],
-                                    s_test[rows], eraser=self.args.eraser, max_length=self.args.max_length)
+                                    s_test[rows], prepared=self._variants[index])
             out.update({(r, index): scores[j] for j, r in enumerate(rows)})
         return out
 

@@ -486,6 +486,11 @@ def example_influence(objective: Objective, tokenizer, texts: Sequence[str], lab
     extra padding), on any device. Raises ``ValueError`` when their shape does not match that
     tokenisation.
     """
+    return _prepared_influence(objective, _prepare_examples(objective, tokenizer, texts, labels, max_length,
+                                                             inputs_embeds), s_test)
+
+
+def _prepare_examples(objective: Objective, tokenizer, texts, labels, max_length: int, inputs_embeds=None) -> dict:
     batch = tokenize(tokenizer, texts, labels, max_length, None if inputs_embeds is not None else PAD_MULTIPLE)
     if inputs_embeds is not None and inputs_embeds.shape[:2] != batch["input_ids"].shape:
         raise ValueError(f"inputs_embeds has shape {tuple(inputs_embeds.shape)}; the texts tokenise to "
@@ -494,7 +499,12 @@ def example_influence(objective: Objective, tokenizer, texts: Sequence[str], lab
         batch["inputs_embeds"] = inputs_embeds
         del batch["input_ids"]
     with torch.no_grad():
-        return (-_loss_directional(objective, objective.prepare(batch), s_test.to(objective.theta.device))).cpu()
+        return objective.prepare(batch)
+
+
+def _prepared_influence(objective: Objective, prepared: dict, s_test: Tensor) -> Tensor:
+    with torch.no_grad():
+        return (-_loss_directional(objective, prepared, s_test.to(objective.theta.device))).cpu()
 
 
 def perturbation_influence(objective: Objective, tokenizer, text: str, label: int, variants: Sequence[str],
@@ -525,25 +535,35 @@ def erased_variants(tokenizer, text: str, eraser: str = "unk") -> list[str]:
 
 
 def word_influence(objective: Objective, tokenizer, text: str, label: int, s_test: Tensor, *,
-                   eraser: str = "unk", max_length: int = 128) -> Tensor:
+                   eraser: str = "unk", max_length: int = 128, prepared: dict | None = None) -> Tensor:
     """I(x_t, m) = I(z, m) - I(z̃(t, UNK), m) for each whitespace word x_t of z (Eq. 8), ``(Q, W)``
     on the CPU.
 
     ``eraser``: ``"unk"`` (the paper), ``"mask"``, or ``"zero"`` (the word's word-piece
     embeddings set to zero: the paper's footnote 2). Positive: the word's presence raises m.
     A word past ``max_length`` is not in the model's input, so its score is exactly 0; callers
-    report such words as not scored. Cost: one forward-mode pass over W + 1 examples.
+    report such words as not scored. ``prepared``: the result of :func:`prepare_word_variants`
+    for the same arguments, to reuse across measurements. Cost: one forward pass over W + 1
+    examples (none with ``prepared``) and one forward-mode pass of θ_S's part.
     """
+    if prepared is None:
+        prepared = prepare_word_variants(objective, tokenizer, text, label, eraser=eraser, max_length=max_length)
+    scores = _prepared_influence(objective, prepared, s_test)
+    return scores[:, :1] - scores[:, 1:]
+
+
+def prepare_word_variants(objective: Objective, tokenizer, text: str, label: int, *, eraser: str = "unk",
+                          max_length: int = 128) -> dict:
+    """z and its W erased variants z̃(t, ·) of Eq. 8 as one objective-ready batch (W + 1 rows):
+    what :func:`word_influence` scores, independent of s_test. For a cached-top objective it
+    holds ``(W + 1, H)`` features on the model's device. Cost: one forward pass over W + 1
+    examples. Raises ``ValueError`` for an eraser token the tokenizer lacks (case C22)."""
     words = text.split()
     if eraser == "zero":
-        scores = example_influence(objective, tokenizer, [text] * (len(words) + 1), [label] * (len(words) + 1),
-                                   s_test, max_length=max_length,
-                                   inputs_embeds=_zeroed_embeddings(objective.model, tokenizer, words, max_length))
-    else:
-        variants = erased_variants(tokenizer, text, eraser)
-        scores = example_influence(objective, tokenizer, [text, *variants], [label] * (len(words) + 1),
-                                   s_test, max_length=max_length)
-    return scores[:, :1] - scores[:, 1:]
+        return _prepare_examples(objective, tokenizer, [text] * (len(words) + 1), [label] * (len(words) + 1),
+                                 max_length, _zeroed_embeddings(objective.model, tokenizer, words, max_length))
+    variants = erased_variants(tokenizer, text, eraser)
+    return _prepare_examples(objective, tokenizer, [text, *variants], [label] * (len(words) + 1), max_length)
 
 
 def _zeroed_embeddings(model: nn.Module, tokenizer, words: list[str], max_length: int) -> Tensor:

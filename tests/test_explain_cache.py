@@ -197,3 +197,25 @@ def test_only_the_main_process_reads_and_writes(model, tok, queries, solves, tmp
     assert solves["rows"] == [2, 4]
     assert records[0]["diagnostics"]["cached"] == [False, False]
     assert len(list(tmp_path.glob("*.safetensors"))) == 4  # nothing written by a rank > 0
+
+
+def test_eq8_variants_prepared_once_per_training_example(model, tok, queries, monkeypatch):
+    """The erased variants of a responsible training example are prepared once per Explainer:
+    a later chunk whose top-k holds the same examples prepares nothing, and its Eq. 8 word
+    scores equal those of a fresh Explainer exactly."""
+    prepared = []
+    original = explain_mod.prepare_word_variants
+
+    def counted(objective, tokenizer, text, label, **kwargs):
+        prepared.append(text)
+        return original(objective, tokenizer, text, label, **kwargs)
+
+    monkeypatch.setattr(explain_mod, "prepare_word_variants", counted)
+    explainer = Explainer(model, tok, TRAIN, LABELS, _args())
+    first = explainer.explain(queries[:1])
+    n_first = len(prepared)
+    assert n_first == len({e["train_index"] for lab in first[0]["labels"] for e in lab["top_train"]})
+    again = explainer.explain(queries[:1])
+    assert len(prepared) == n_first  # every variant batch reused
+    fresh = Explainer(model, tok, TRAIN, LABELS, _args()).explain(queries[:1])
+    assert _without_cached(again) == _without_cached(fresh) == _without_cached(first)
