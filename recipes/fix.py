@@ -46,10 +46,10 @@ def training_function(config: dict, args) -> dict:
     start = time.perf_counter()
     train, dev, test, names, spec = get_dataloaders(config)
     tokenizer = common.load_tokenizer(config)
-    common.print_sizes("fix", config, train, dev, test, spec)
     results = common.Results(out / "results.json")
     ks = sorted(k for k in (args.ks or config.get("fix_ks") or config["ks"]) if k > 0)
     config["ks"] = ks
+    common.print_sizes("fix", config, train, dev, test, spec)
     seeds = config["seeds"]
 
     def run(objective, k, seed, rows, n_edits, how):
