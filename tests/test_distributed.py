@@ -246,6 +246,7 @@ def test_two_processes_equal_one_process(tmp_path):
         assert s0 == s1 and s0["queries"] == 2
 
 
+@pytest.mark.usefixtures("one_torch_thread")  # the launched ranks run one thread: same reduction order
 def test_trainer_with_callback_two_processes_equals_one_process(tmp_path):
     """A Trainer under ``accelerate launch`` with 2 CPU processes (DDP over gloo) explains with
     PairDotsCallback attached; the records equal a 1-process explain_dataset on the saved

@@ -173,7 +173,7 @@ def test_attack_beats_random_on_planted_signal(tmp_path):
     """Sec. 4.2's claim on a task with a planted signal: the influence attack (↓I(z, w_y), k = 6
     edited training examples per query) lowers accuracy on the attacked queries more than random
     substitutions of the same training rows, over 3 seeds. Measured (torch 2.13 CPU): unedited
-    100 %, attack 83.3 %, random 95.8 % (data seed 1: 100 / 87.5 / 100)."""
+    100 %, attack 62.5 %, random 95.8 %, 16 edits per seed."""
     attack = _recipe("attack")
     config = write_config(tmp_path, data=str(write_cue_data(tmp_path / "cues")), num_queries=8, epochs=12,
                           seeds=[0, 1, 2], ks=[6], objectives=["attack_down"])
@@ -186,4 +186,5 @@ def test_attack_beats_random_on_planted_signal(tmp_path):
     assert unedited == 1.0, "the planted cue was not learnt: the toy no longer tests the attack"
     assert attacked < random_ <= unedited, (attacked, random_, unedited)
     assert random_ - attacked >= 1 / 8, "the attack should flip at least one more query than random edits"
-    assert all(results[f"attack_down|k=6|seed={s}"]["edits"] >= 24 for s in (0, 1, 2))
+    # a training row is edited at most once, and the queries' top-8 responsible rows overlap: 16 edits
+    assert all(results[f"attack_down|k=6|seed={s}"]["edits"] >= 16 for s in (0, 1, 2))

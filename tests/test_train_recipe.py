@@ -142,7 +142,8 @@ def test_train_lora_explains_the_adapters(train, tmp_path, monkeypatch):
 def test_default_out_and_learning_rates(train):
     args = train.parse_args(["--config", "sst2", "--lora", "8", "--seed", "2"])
     config = train.config_from_args(args)
-    assert config["params"] == "lora" and config["learning_rate"] == pytest.approx(5e-4)
+    full_lr = json.loads((Path(train.__file__).parent / "configs" / "sst2.json").read_text())["learning_rate"]
+    assert config["params"] == "lora" and config["learning_rate"] == pytest.approx(10 * full_lr)  # adapters
     assert config["seeds"] == [2] and config["lora_targets"] == ["query", "value"]
     assert train.default_out(config) == Path("runs/train-sst2-lora8")
     config = train.config_from_args(train.parse_args(["--config", "sst2", "--paper-scale"]))
