@@ -18,7 +18,6 @@ Outputs under ``--out``: ``explain/``, ``results.json`` (resumable), ``table4.md
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -116,14 +115,8 @@ def training_function(config: dict, args) -> dict:
     return results.data
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    return common.common_arguments(parser).parse_args(argv)
-
-
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    return training_function(common.config_from_args(args), args)
+    return common.run_recipe(__doc__, training_function, argv)
 
 
 if __name__ == "__main__":

@@ -324,6 +324,16 @@ def common_arguments(parser):
     return parser
 
 
+def run_recipe(doc: str, training_function, argv=None) -> dict:
+    """Parse the shared arguments (description: the first paragraph of ``doc``), build the config
+    and call ``training_function(config, args)``: the entry point of attack.py and fix.py."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    args = common_arguments(parser).parse_args(argv)
+    return training_function(config_from_args(args), args)
+
+
 def config_from_args(args) -> dict:
     if args.paper_scale and _SET_OFFLINE and "huggingface_hub" not in __import__("sys").modules:
         os.environ.pop("HF_HUB_OFFLINE", None)
