@@ -62,6 +62,10 @@ class SolverOptions(_Serializable):
         power_iters: HVPs per power iteration (eigenvalue estimates).
         cg_tol, cg_max_iter: CG stopping rule (relative residual, iterations).
         rank: eigenpairs kept by the low-rank solver.
+        lowrank_refine: low-rank solver only: use the eigenpairs as the preconditioner and
+            starting point of CG on the full Hessian, run to ``cg_tol`` (default), or, ``False``,
+            return the closed-form inverse of the low-rank approximation (no HVP per query;
+            directions outside the top ``rank`` see only the damping).
         keep_repeats: LiSSA only: keep the R per-repeat solutions (``diagnostics["repeats"]``,
             ``(R, Q, P)``) for the top-k stability check of :mod:`hf_pairdots.stability`.
             With ``repeat > 1`` the spread of the repeats is reported either way, and
@@ -85,12 +89,14 @@ class SolverOptions(_Serializable):
     cg_tol: float = 1e-4
     cg_max_iter: int = 300
     rank: int = 50
+    lowrank_refine: bool = True
     keep_repeats: bool = False
     cache_dir: str | None = None
 
     def __post_init__(self):
-        if not isinstance(self.keep_repeats, bool):
-            raise ValueError(f"SolverOptions.keep_repeats={self.keep_repeats!r}: must be True or False")
+        for name in ("keep_repeats", "lowrank_refine"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"SolverOptions.{name}={getattr(self, name)!r}: must be True or False")
         if self.cache_dir is not None:
             self.cache_dir = str(self.cache_dir)
         if self.solver not in SOLVERS:
