@@ -93,16 +93,20 @@ class SolvedRows:
 @torch.no_grad()
 def predict_proba(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_size: int = 64,
                   max_length: int = 128, show_progress: bool = False) -> torch.Tensor:
-    """Class probabilities ``(N, num_labels)``, float32 on the CPU; texts must be non-empty.
+    """Class probabilities ``(N, num_labels)`` in the order of ``texts``, float32 on the CPU;
+    texts must be non-empty.
 
-    The forward passes run on the model's device. Cost: N forward passes.
+    The forward passes run on the model's device, over batches of texts of similar length (sorted
+    by word count, so little padding). Cost: N forward passes.
     """
-    out = []
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i].split()))
+    out = torch.empty(len(texts), model.config.num_labels)
     device = model_device(model)
     for start in tqdm(range(0, len(texts), batch_size), disable=not show_progress, desc="predict"):
-        enc, _, _ = encode_words(tokenizer, texts[start:start + batch_size], max_length)
-        out.append(model(**model_inputs(dict(enc), device)).logits.float().softmax(-1).cpu())
-    return torch.cat(out) if out else torch.empty(0, model.config.num_labels)
+        rows = order[start:start + batch_size]
+        enc, _, _ = encode_words(tokenizer, [texts[i] for i in rows], max_length)
+        out[rows] = model(**model_inputs(dict(enc), device)).logits.float().softmax(-1).cpu()
+    return out
 
 
 class Explainer:

@@ -526,7 +526,8 @@ def example_influence(objective: Objective, tokenizer, texts: Sequence[str], lab
 
 
 def _prepare_examples(objective: Objective, tokenizer, texts, labels, max_length: int, inputs_embeds=None) -> dict:
-    batch = tokenize(tokenizer, texts, labels, max_length, None if inputs_embeds is not None else PAD_MULTIPLE)
+    # No extra padding: these batches (a text and its variants) are about one length already.
+    batch = tokenize(tokenizer, texts, labels, max_length, None)
     if inputs_embeds is not None and inputs_embeds.shape[:2] != batch["input_ids"].shape:
         raise ValueError(f"inputs_embeds has shape {tuple(inputs_embeds.shape)}; the texts tokenise to "
                          f"{tuple(batch['input_ids'].shape)} (batch, length)")
