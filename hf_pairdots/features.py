@@ -95,7 +95,10 @@ def compute_features(model: nn.Module, batch: dict, out: Tensor | None = None, c
     ``batch`` may live on any device: its inputs are moved to the model's device. Without
     ``out`` the features are returned on the model's device. ``out``: a ``(B, H)`` float32
     tensor to write into (returned), e.g. a view of one buffer for the whole training set
-    (normally on the model's device too). Cost: one forward pass of the whole model (no gradient).
+    (normally on the model's device too). Cost: one forward pass of the whole model (no
+    gradient), except that only the first position leaves the last layer's attention block: the
+    classifier reads nothing else, so the last feed-forward block runs on one position per
+    example instead of L (about 11 % fewer multiply-adds for MiniLM-L6, issue #3 capability 6).
     """
     _, last, pooler, _ = _bert_parts(model)
     captured = {}
@@ -106,11 +109,17 @@ def compute_features(model: nn.Module, batch: dict, out: Tensor | None = None, c
         else:
             captured["x"] = output[:, 0] if cut == "pooler" else output
 
-    handle = {"ffn": last.intermediate, "pooler": last.output, "classifier": pooler}[cut].register_forward_hook(keep)
+    def first_position(module, inputs, output):  # the last feed-forward block then runs on position 0 only
+        return (output[0][:, :1], *output[1:]) if isinstance(output, tuple) else output[:, :1]
+
+    handles = [{"ffn": last.intermediate, "pooler": last.output, "classifier": pooler}[cut].register_forward_hook(keep)]
+    if isinstance(getattr(last, "attention", None), nn.Module):
+        handles.append(last.attention.register_forward_hook(first_position))
     try:
         model(**model_inputs(batch, model_device(model)))
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     if out is None:
         return captured["x"].float().clone()
     return out.copy_(captured["x"])

@@ -77,9 +77,13 @@ def directions(numel, q=2, seed=0):
 @pytest.mark.parametrize("cut", ["ffn", "pooler", "classifier"])
 def test_top_head_equals_model_logits(bert, tok, cut):
     batch = tokenize(tok, TEXTS, LABELS, 64)
+    seen = []  # positions entering the last feed-forward block: all L for the model, 1 for the features
+    handle = bert.bert.encoder.layer[-1].intermediate.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
     with torch.no_grad():
         logits = bert(**model_inputs(batch)).logits
         head = TopHead(bert, cut)(compute_features(bert, batch, cut=cut))
+    handle.remove()
+    assert seen[0] == batch["input_ids"].shape[1] > 1 and seen[1] == 1
     assert head.shape == logits.shape == (len(TEXTS), 2)
     assert torch.allclose(head, logits, rtol=1e-5, atol=1e-6)
     assert float((logits[:, 0] - logits[:, 1]).std()) > 1e-3  # inputs matter: not a constant map
