@@ -104,8 +104,8 @@ def lissa(hvp_sample: Callable[[Tensor, int], Tensor], v: Tensor, *, damping: fl
             # The HVP runs with grad mode on (an autograd HVP needs its own graph); only its
             # detached result enters the update, so no history is carried between steps (C03).
             hv = hvp_sample(h, r * depth + t).detach()
-            with torch.no_grad():
-                h = v + h - (hv + damping * h) / scale
+            with torch.no_grad():  # h <- v + h - (hv + damping h) / scale, with one (Q, P) temporary
+                h = (h * (1 - damping / scale)).add_(v).sub_(hv, alpha=1 / scale)
             if t % check_every == 0 or t == depth:
                 ratio = float((h.norm(dim=1) / v_norm).max())
                 trace.append(ratio)
