@@ -6,12 +6,12 @@ Measures, in one run on this machine:
 (a) one training epoch (forward + backward + update, Accelerate loop) = the unit;
 (b) scoring every training example for one query given s_test (Eq. 4/5, JVP route), for
     params="all" and for the default subset ("head"), and "top";
-(c) s_test for 8 saliency measurements by LiSSA (defaults), CG and low-rank on "head":
-    time in epochs and relative error against a tightly converged CG answer;
+(c) s_test for 8 saliency measurements by LiSSA (defaults), CG and low-rank (refined, and the
+    closed form) on "head": time in epochs and relative error against a tightly converged CG answer;
 (d) peak memory (max RSS growth) of feature caching + scoring for N = 500, 1,000, 2,000, each in
     a fresh subprocess;
 (f) explaining every dev misclassification (2 labels each, top-5 over all N, Eq. 8 words, no
-    edits) with the Explainer at its defaults.
+    edits) with the Explainer at its defaults (LiSSA), and with CG.
 Speed and memory live here, not in timed tests. The tables replace the text between the
 ``bench_influence`` markers of ``--out`` (the peers section (e) of bench_peers.py is kept).
 """
@@ -113,7 +113,10 @@ def main(argv=None) -> None:
         references = {}
         for name, options in (("LiSSA (defaults: depth 200, auto damping/scale)", SolverOptions()),
                               ("CG (tol 1e-4)", SolverOptions(solver="cg")),
-                              ("low-rank (rank 50)", SolverOptions(solver="lowrank"))):
+                              ("low-rank (defaults: rank 50, refined by preconditioned CG to tol 1e-4)",
+                               SolverOptions(solver="lowrank")),
+                              ("low-rank closed form (rank 50, lowrank_refine=False)",
+                               SolverOptions(solver="lowrank", lowrank_refine=False))):
             (solver, _), t_eig = timed(lambda: resolve_damping_scale(objective, prepared, options))
             result, t = timed(lambda: compute_s_test(objective, prepared, v, solver))
             damping = result.diagnostics["damping"]
@@ -126,10 +129,11 @@ def main(argv=None) -> None:
                          f"incl. {t_eig:.1f} s eigenvalue estimates; rel. error vs CG(1e-6) at the same "
                          f"damping {damping:.3g}: {err:.3f}"))
         dev = data["validation"]
-        (n_errors, seconds), t_f = timed(lambda: explain_dev_errors(m, tok, train, dev, a.max_length))
-        rows.append((f"(f) explain all {n_errors} dev misclassifications of {len(dev)} (2 labels, top-5 of "
-                     f"{len(train)}, Eq. 8 words; Explainer defaults)", t_f, t_f / epoch,
-                     f"prediction of the dev set included; Explainer alone {seconds:.1f} s"))
+        for name, solver in (("Explainer defaults: LiSSA", SolverOptions()), ("solver CG", SolverOptions(solver="cg"))):
+            (n_errors, seconds), t_f = timed(lambda: explain_dev_errors(m, tok, train, dev, a.max_length, solver))
+            rows.append((f"(f) explain all {n_errors} dev misclassifications of {len(dev)} (2 labels, top-5 of "
+                         f"{len(train)}, Eq. 8 words; {name})", t_f, t_f / epoch,
+                         f"prediction of the dev set included; Explainer alone {seconds:.1f} s"))
     memory = []
     for n in (500, 1000, 2000):
         out = subprocess.run([sys.executable, __file__, "--memory-probe", str(n), "--max-length", str(a.max_length)],
@@ -161,12 +165,12 @@ def write_section(path: Path, text: str) -> None:
     path.write_text(new)
 
 
-def explain_dev_errors(model, tok, train, dev, max_length: int) -> tuple[int, float]:
-    """(f): every dev misclassification through the Explainer (defaults, no edits)."""
+def explain_dev_errors(model, tok, train, dev, max_length: int, solver: SolverOptions) -> tuple[int, float]:
+    """(f): every dev misclassification through the Explainer (defaults but ``solver``, no edits)."""
     from hf_pairdots.callback import select_queries
     from hf_pairdots.explain import Explainer, predict_proba
 
-    args = ExplainArguments(max_queries=None, max_length=max_length)
+    args = ExplainArguments(max_queries=None, max_length=max_length, solver=solver)
     probs = predict_proba(model, tok, list(dev["text"]), max_length=max_length)
     queries, _ = select_queries(list(dev["text"]), list(dev["label"]), probs, args)
     start = time.perf_counter()

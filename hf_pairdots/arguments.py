@@ -50,7 +50,7 @@ class SolverOptions(_Serializable):
     Attributes:
         solver: ``"lissa"`` (the paper), ``"cg"`` or ``"exact"`` (references; exact builds the
             P x P Hessian, for small parameter sets only), or ``"lowrank"`` (top-``rank``
-            eigenpairs computed once and reused for every query).
+            eigenpairs computed once and reused for every query, see ``lowrank_refine``).
         damping: λ; ``None`` = ``min_damping`` plus 1.5 x minus the smallest Hessian eigenvalue
             (power-iteration estimate), so that H + λI is positive definite.
         scale: σ of LiSSA; ``None`` = 1.5 x (largest mini-batch eigenvalue + λ), so that the
