@@ -18,6 +18,8 @@ Devices: features are computed and kept on the model's device (they feed θ_S's 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
@@ -43,6 +45,29 @@ def supports_top_head(model: nn.Module) -> bool:
 
 
 CUTS = ("ffn", "pooler", "classifier")
+
+
+def _first_position(module, inputs, output):
+    return (output[0][:, :1], *output[1:]) if isinstance(output, tuple) else output[:, :1]
+
+
+@contextlib.contextmanager
+def first_position_only(model: nn.Module):
+    """Within the block, the last layer's attention block hands only position 0 on, so its
+    feed-forward block runs on one position per example instead of L: a BERT-family classifier
+    reads nothing else (the pooler takes position 0), so logits, losses and their derivatives are
+    unchanged, and about 11 % of the multiply-adds of MiniLM-L6 are saved (issue #3, capability
+    6). The last hidden state then has length 1. A model without the BERT layout runs unchanged."""
+    parts = _bert_parts(model)
+    attention = getattr(parts[1], "attention", None) if parts else None
+    if not isinstance(attention, nn.Module):
+        yield
+        return
+    handle = attention.register_forward_hook(_first_position)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 class TopHead(nn.Module):
@@ -96,9 +121,7 @@ def compute_features(model: nn.Module, batch: dict, out: Tensor | None = None, c
     ``out`` the features are returned on the model's device. ``out``: a ``(B, H)`` float32
     tensor to write into (returned), e.g. a view of one buffer for the whole training set
     (normally on the model's device too). Cost: one forward pass of the whole model (no
-    gradient), except that only the first position leaves the last layer's attention block: the
-    classifier reads nothing else, so the last feed-forward block runs on one position per
-    example instead of L (about 11 % fewer multiply-adds for MiniLM-L6, issue #3 capability 6).
+    gradient), the last feed-forward block on position 0 only (:func:`first_position_only`).
     """
     _, last, pooler, _ = _bert_parts(model)
     captured = {}
@@ -109,17 +132,12 @@ def compute_features(model: nn.Module, batch: dict, out: Tensor | None = None, c
         else:
             captured["x"] = output[:, 0] if cut == "pooler" else output
 
-    def first_position(module, inputs, output):  # the last feed-forward block then runs on position 0 only
-        return (output[0][:, :1], *output[1:]) if isinstance(output, tuple) else output[:, :1]
-
-    handles = [{"ffn": last.intermediate, "pooler": last.output, "classifier": pooler}[cut].register_forward_hook(keep)]
-    if isinstance(getattr(last, "attention", None), nn.Module):
-        handles.append(last.attention.register_forward_hook(first_position))
+    handle = {"ffn": last.intermediate, "pooler": last.output, "classifier": pooler}[cut].register_forward_hook(keep)
     try:
-        model(**model_inputs(batch, model_device(model)))
+        with first_position_only(model):
+            model(**model_inputs(batch, model_device(model)))
     finally:
-        for handle in handles:
-            handle.remove()
+        handle.remove()
     if out is None:
         return captured["x"].float().clone()
     return out.copy_(captured["x"])

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from . import ihvp
 from .arguments import SolverOptions
 from .autograd import ParameterSet, directional_derivatives, hvp, select_parameters
-from .features import CUTS, TopHead, compute_features, supports_top_head
+from .features import CUTS, TopHead, compute_features, first_position_only, supports_top_head
 from .saliency import (_check_labels, embedding_gradient, encode_words, find_embedding_block, label_score,
                        model_device, model_inputs, suspend_input_require_grads, token_saliency)
 
@@ -140,8 +140,9 @@ class FullModelObjective(Objective):
         return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
     def per_example_loss(self, theta: Tensor, batch: dict) -> Tensor:
-        logits = torch.func.functional_call(self.model, self.params.unflatten(theta), args=(),
-                                            kwargs=model_inputs(batch, self.device), strict=False).logits
+        with first_position_only(self.model):  # the last feed-forward block on position 0 only (BERT family)
+            logits = torch.func.functional_call(self.model, self.params.unflatten(theta), args=(),
+                                                kwargs=model_inputs(batch, self.device), strict=False).logits
         return F.cross_entropy(logits.float(), batch["labels"].to(logits.device), reduction="none")
 
 

@@ -89,6 +89,27 @@ def test_top_head_equals_model_logits(bert, tok, cut):
     assert float((logits[:, 0] - logits[:, 1]).std()) > 1e-3  # inputs matter: not a constant map
 
 
+def test_full_model_objective_runs_the_last_feed_forward_on_position_0_only(bert, tok):
+    """FullModelObjective's loss and gradient over all parameters equal the plain model's, though
+    its last feed-forward block sees one position per example (issue #3, capability 6)."""
+    objective = FullModelObjective(bert, select_parameters(bert, "all"))
+    batch = objective.prepare(tokenize(tok, TEXTS, LABELS, 64))
+    seen = []
+    handle = bert.bert.encoder.layer[-1].intermediate.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    try:
+        loss, grad = torch.func.grad_and_value(lambda th: objective.mean_loss(th, batch))(objective.theta)[::-1]
+    finally:
+        handle.remove()
+    assert seen == [1]
+    bert.zero_grad()
+    plain = F.cross_entropy(bert(**model_inputs(batch)).logits, batch["labels"])
+    plain.backward()
+    expected = objective.params.flatten([p.grad for p in objective.params.tensors])
+    bert.zero_grad()
+    assert float(loss) == pytest.approx(float(plain), rel=1e-6)
+    assert rel(grad, expected) < 1e-5 and float(expected.norm()) > 1e-3
+
+
 @pytest.mark.parametrize("preset, cut", [("top", "ffn"), ("head", "pooler"), ("classifier", "classifier")])
 def test_cached_top_objective_equals_full_model_objective(bert, tok, preset, cut):
     """Losses, HVPs (Hessian of the mean loss), directional derivatives and test gradients of
