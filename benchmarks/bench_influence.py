@@ -11,7 +11,7 @@ Measures, in one run on this machine:
 (d) peak memory (max RSS growth) of feature caching + scoring for N = 500, 1,000, 2,000, each in
     a fresh subprocess;
 (f) explaining every dev misclassification (2 labels each, top-5 over all N, Eq. 8 words, no
-    edits) with the Explainer at its defaults (LiSSA), and with CG.
+    edits) with the Explainer at its defaults (LiSSA), with CG and with the low-rank solver.
 Speed and memory live here, not in timed tests. The tables replace the text between the
 ``bench_influence`` markers of ``--out`` (the peers section (e) of bench_peers.py is kept).
 """
@@ -129,7 +129,8 @@ def main(argv=None) -> None:
                          f"incl. {t_eig:.1f} s eigenvalue estimates; rel. error vs CG(1e-6) at the same "
                          f"damping {damping:.3g}: {err:.3f}"))
         dev = data["validation"]
-        for name, solver in (("Explainer defaults: LiSSA", SolverOptions()), ("solver CG", SolverOptions(solver="cg"))):
+        for name, solver in (("Explainer defaults: LiSSA", SolverOptions()), ("solver CG", SolverOptions(solver="cg")),
+                             ("solver low-rank: one factor for all chunks", SolverOptions(solver="lowrank"))):
             (n_errors, seconds), t_f = timed(lambda: explain_dev_errors(m, tok, train, dev, a.max_length, solver))
             rows.append((f"(f) explain all {n_errors} dev misclassifications of {len(dev)} (2 labels, top-5 of "
                          f"{len(train)}, Eq. 8 words; {name})", t_f, t_f / epoch,

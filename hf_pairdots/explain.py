@@ -45,6 +45,7 @@ from .augment.lexicon import Lexicon, ensure_wordnet
 from .augment.search import OBJECTIVES, search_edit
 from .cache import STestCache, cache_key, fingerprint_model, fingerprint_tensor, fingerprint_texts
 from .distributed import broadcast_object, broadcast_tensor, is_main_process, sharded_train_influence
+from .features import first_position_only
 from .influence import (compute_s_test, lowrank_hessian, make_objective, prepare_data, resolve_damping_scale,
                         prepare_word_variants, saliency_measurement_gradient, word_influence)
 from .saliency import encode_words, find_embedding_block, model_device, model_inputs, saliency
@@ -97,7 +98,8 @@ def predict_proba(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_si
     texts must be non-empty.
 
     The forward passes run on the model's device, over batches of texts of similar length (sorted
-    by word count, so little padding). Cost: N forward passes.
+    by word count, so little padding), the last feed-forward block on position 0 only for the
+    BERT family (:func:`~hf_pairdots.features.first_position_only`). Cost: N forward passes.
     """
     order = sorted(range(len(texts)), key=lambda i: len(texts[i].split()))
     out = torch.empty(len(texts), model.config.num_labels)
@@ -105,7 +107,8 @@ def predict_proba(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_si
     for start in tqdm(range(0, len(texts), batch_size), disable=not show_progress, desc="predict"):
         rows = order[start:start + batch_size]
         enc, _, _ = encode_words(tokenizer, [texts[i] for i in rows], max_length)
-        out[rows] = model(**model_inputs(dict(enc), device)).logits.float().softmax(-1).cpu()
+        with first_position_only(model):
+            out[rows] = model(**model_inputs(dict(enc), device)).logits.float().softmax(-1).cpu()
     return out
 
 
@@ -196,8 +199,9 @@ class Explainer:
             return []
         texts = [q.text for q in queries]
         probs = predict_proba(self.model, self.tokenizer, texts, max_length=self.args.max_length)
-        rows = self._rows(queries, probs)
-        v = torch.stack([self._measurement_gradient(row) for row in rows])
+        with first_position_only(self.model):  # saliency and ∇θ m read the logits only
+            rows = self._rows(queries, probs)
+            v = torch.stack([self._measurement_gradient(row) for row in rows])
         solved = self.solve(v)
         k = min(self.args.top_k, solved.scores.shape[1])
         tops = [torch.topk(solved.scores[r], k) for r in range(len(rows))]
@@ -304,7 +308,8 @@ class Explainer:
         return out
 
     def _rows(self, queries: Sequence[Query], probs: torch.Tensor) -> list[dict]:
-        """One row per (query, explained label): label, role, word saliency."""
+        """One row per (query, explained label): label, role, word saliency (one saliency call
+        per query for all its labels: the same text, so no padding)."""
         rows = []
         for i, q in enumerate(queries):
             ranked = probs[i].argsort(descending=True).tolist()
@@ -312,14 +317,16 @@ class Explainer:
             if self.args.edit == "attack" and wrong == q.gold and len(ranked) > 1:
                 wrong = ranked[1]  # y' of Eq. 10 must be a wrong label: the runner-up
             roles = {"predicted": wrong, "gold": q.gold}
-            seen = set()
+            explained = {}  # label -> role, the first role that names it
             for role in self.args.labels:
-                label = roles[role]
-                if label is None or label in seen:
-                    continue
-                seen.add(label)
-                [sal] = saliency(self.model, self.tokenizer, [q.text], [label], mode=self.args.saliency_mode,
-                                 target=self.args.saliency_target, max_length=self.args.max_length)
+                if roles[role] is not None:
+                    explained.setdefault(roles[role], role)
+            if not explained:
+                continue
+            maps = saliency(self.model, self.tokenizer, [q.text] * len(explained), list(explained),
+                            mode=self.args.saliency_mode, target=self.args.saliency_target,
+                            max_length=self.args.max_length)
+            for (label, role), sal in zip(explained.items(), maps):
                 rows.append({"row": len(rows), "query": i, "role": role, "label": label, "saliency": sal,
                              "salient_word": sal.rank(self.args.salient_by)[0], "text": q.text})
         return rows

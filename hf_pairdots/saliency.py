@@ -331,7 +331,8 @@ def saliency(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence
 
     Returns:
         One :class:`WordSaliency` per text (Python floats). The passes run on the model's device.
-        Cost: one forward and one backward pass per batch.
+        Cost: one forward and one backward pass per batch (plus one forward pass for the
+        probabilities when ``target`` is not ``"prob"``).
     """
     if max_length is None:  # the model's maximum, which may be below the tokenizer's (case C20)
         positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
@@ -341,7 +342,7 @@ def saliency(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence
     _check_labels(model, y)
     grad, emb, scores = embedding_gradient(model, dict(enc), y, target=target)
     per_token = token_saliency(grad, emb, mode).detach().cpu()
-    probs = label_score(_logits_no_grad(model, enc), y, "prob").cpu()
+    probs = scores.detach().cpu() if target == "prob" else label_score(_logits_no_grad(model, enc), y, "prob").cpu()
     return [
         WordSaliency(w, word_scores(per_token[i].tolist(), enc.word_ids(i), len(w)), int(y[i]), float(probs[i]))
         for i, w in enumerate(words)
