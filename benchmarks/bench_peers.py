@@ -64,16 +64,17 @@ def timed(fn):
 # Stage 1: the model, the data and our answers
 # ---------------------------------------------------------------------------------------------
 
-def pooled(model, features: torch.Tensor) -> torch.Tensor:
-    """The classifier's input (pooler output) for cached features, captured by a pre-hook while the
-    model's own top (:class:`~hf_pairdots.features.TopHead`) maps the features to logits."""
+def pooled(model, features: torch.Tensor, cut: str) -> torch.Tensor:
+    """The classifier's input (pooler output) for features cached at ``cut``, captured by a
+    pre-hook while the model's own top (:class:`~hf_pairdots.features.TopHead`) maps the features
+    to logits (for ``cut="classifier"`` that is the features themselves)."""
     from hf_pairdots.features import TopHead
 
     captured = {}
     handle = model.classifier.register_forward_pre_hook(lambda mod, args: captured.update(x=args[0]))
     try:
         with torch.no_grad():
-            TopHead(model)(features)
+            TopHead(model, cut)(features)
     finally:
         handle.remove()
     return captured["x"].detach().clone()
@@ -174,9 +175,9 @@ def ours(a, work: Path) -> dict:
         x_train = torch.empty(len(train), m.config.hidden_size)
         y_train = torch.empty(len(train), dtype=torch.long)
         for batch in prepared.batches:
-            x_train[batch["index"]] = pooled(m, batch["features"])
+            x_train[batch["index"]] = pooled(m, batch["features"], objective.head.cut)
             y_train[batch["index"]] = batch["labels"]
-        x_test, y_test = pooled(m, test_batch["features"]), test_batch["labels"]
+        x_test, y_test = pooled(m, test_batch["features"], objective.head.cut), test_batch["labels"]
         weight = m.classifier.weight.detach().clone()
         bias = m.classifier.bias.detach().clone()
         with torch.no_grad():  # same loss as our objective, example by example
