@@ -99,16 +99,22 @@ def predict_proba(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_si
 
     The forward passes run on the model's device, over batches of texts of similar length (sorted
     by word count, so little padding), the last feed-forward block on position 0 only for the
-    BERT family (:func:`~hf_pairdots.features.first_position_only`). Cost: N forward passes.
+    BERT family (:func:`~hf_pairdots.features.first_position_only`), in eval mode (the model's
+    train/eval mode is restored afterwards). Cost: N forward passes.
     """
     order = sorted(range(len(texts)), key=lambda i: len(texts[i].split()))
     out = torch.empty(len(texts), model.config.num_labels)
     device = model_device(model)
-    for start in tqdm(range(0, len(texts), batch_size), disable=not show_progress, desc="predict"):
-        rows = order[start:start + batch_size]
-        enc, _, _ = encode_words(tokenizer, [texts[i] for i in rows], max_length)
-        with first_position_only(model):
-            out[rows] = model(**model_inputs(dict(enc), device)).logits.float().softmax(-1).cpu()
+    was_training = model.training
+    model.eval()  # no dropout: a model straight out of Trainer.train() is still in train mode
+    try:
+        for start in tqdm(range(0, len(texts), batch_size), disable=not show_progress, desc="predict"):
+            rows = order[start:start + batch_size]
+            enc, _, _ = encode_words(tokenizer, [texts[i] for i in rows], max_length)
+            with first_position_only(model):
+                out[rows] = model(**model_inputs(dict(enc), device)).logits.float().softmax(-1).cpu()
+    finally:
+        model.train(was_training)
     return out
 
 

@@ -164,11 +164,13 @@ def conjugate_gradient(hvp: HVP, v: Tensor, *, damping: float, tol: float = 1e-6
     rz = (r * z).sum(1)
     v_norm = v.norm(dim=1).clamp_min(torch.finfo(v.dtype).tiny)
     it = 0
-    while bool((r.norm(dim=1) / v_norm > tol).any()) and it < max_iter:
+    while it < max_iter:
+        active = r.norm(dim=1) / v_norm > tol
+        if not bool(active.any()):
+            break
         it += 1
         ap = hvp(p).detach() + damping * p
         curvature = (p * ap).sum(1)
-        active = r.norm(dim=1) / v_norm > tol
         if bool((curvature[active] <= 0).any()):
             raise ValueError(f"H + damping*I is not positive definite (damping={damping:g}); increase damping")
         alpha = torch.where(active, rz / curvature.clamp_min(1e-30), torch.zeros_like(rz))

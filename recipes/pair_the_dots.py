@@ -100,7 +100,12 @@ def main(argv=None) -> dict:
         train = subsample(data["train"], a.train_size, a.seed) if a.train_size else data["train"]
         dev, test = data["validation"], data["test"]
         tokenizer = load_tokenizer(a.model)
-        model = load_classifier(a.model, label_names=names)
+
+        def initial_model():  # the same starting weights (head seeded) for the Trainer and both retrains
+            torch.manual_seed(a.seed)
+            return load_classifier(a.model, label_names=names)
+
+        model = initial_model()
         print(f"[pairdots] data {a.data}: train subsample {len(train)} of {len(data['train'])} (seed {a.seed}), "
               f"dev {len(dev)}, test {len(test)}; model {a.model or 'packaged MiniLM-L6'}")
 
@@ -132,7 +137,7 @@ def main(argv=None) -> dict:
     for name, extra in (("retrain: train only", None), ("retrain: train + fixing examples", augmented)):
         with timer.stage(name):
             rows = train if extra is None else apply_edits(train, extra)
-            retrained = train_classifier(load_classifier(a.model, label_names=names), tokenizer, rows,
+            retrained = train_classifier(initial_model(), tokenizer, rows,
                                          epochs=a.epochs, learning_rate=a.learning_rate, max_length=a.max_length,
                                          seed=a.seed)
             results[name] = {"dev": accuracy(retrained, tokenizer, dev, max_length=a.max_length),

@@ -541,3 +541,24 @@ def test_cli_explain_writes_the_callback_outputs(tok, tmp_path, capsys):
     assert {p.name for p in direct.iterdir()} == OUTPUTS
     assert _top(_records(direct)) == _top(records)
     assert _influences(_records(direct)) == pytest.approx(_influences(records), rel=1e-5)
+
+
+def test_predict_proba_runs_without_dropout_and_keeps_the_train_mode(tok):
+    """A model straight out of ``Trainer.train()`` is in train mode; its accuracy used to be
+    measured with dropout on (the recipe's "trainer" accuracy then depended on the global RNG).
+    predict_proba now runs in eval mode, in the texts' order, and hands the model back in train mode."""
+    from hf_pairdots.explain import predict_proba
+    from hf_pairdots.models import tiny_bert
+
+    model = tiny_bert(seed=3, initializer_range=0.5, hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5)
+    texts = ["a good movie", "the plot was dull and far too long for its own good", "fun", "a bad film"]
+    model.eval()
+    reference = torch.cat([predict_proba(model, tok, [t], max_length=32) for t in texts])
+    model.train()
+    torch.manual_seed(0)
+    first = predict_proba(model, tok, texts, max_length=32)
+    torch.manual_seed(1)
+    second = predict_proba(model, tok, texts, max_length=32)
+    assert model.training
+    assert torch.allclose(first, reference, atol=1e-6) and torch.equal(first, second)
+    assert float((reference[:, 1] - reference[:, 1].mean()).abs().max()) > 1e-3  # the texts differ
