@@ -433,6 +433,11 @@ def test_C10_paths_agree(trained, tok):
         scores[solver] = train_influence(objective, data, compute_s_test(objective, data, v, options).x)[0]
     assert rel(scores["cg"], scores["exact"]) < 1e-3
     assert rel(scores["lowrank"], scores["exact"]) < 1e-3  # refined by CG preconditioned with 8 eigenpairs
+    # Cached rows: the reported residual uses every training example, not a sample of residual_examples
+    # (with 2 sampled rows an exact CG solve read far from 0).
+    exact = compute_s_test(objective, data, v, SolverOptions(solver="cg", damping=C10_DAMPING, cg_tol=1e-6),
+                           residual_examples=2)
+    assert max(exact.diagnostics["relative_residual"]) < 1e-5
     assert rel(scores["lissa"], scores["exact"]) < 0.05
     assert torch.equal(torch.sign(scores["lissa"]), torch.sign(scores["exact"]))
 
