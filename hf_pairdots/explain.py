@@ -46,7 +46,7 @@ from .augment.search import OBJECTIVES, search_edit
 from .cache import STestCache, cache_key, fingerprint_model, fingerprint_tensor, fingerprint_texts
 from .distributed import broadcast_object, broadcast_tensor, is_main_process, sharded_train_influence
 from .features import first_position_only
-from .influence import (compute_s_test, lowrank_hessian, make_objective, prepare_data, resolve_damping_scale,
+from .influence import (compute_s_test, eval_mode, lowrank_hessian, make_objective, prepare_data, resolve_damping_scale,
                         prepare_word_variants, saliency_measurement_gradient, word_influence)
 from .saliency import encode_words, find_embedding_block, model_device, model_inputs, saliency
 from .stability import topk_overlap
@@ -105,16 +105,11 @@ def predict_proba(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_si
     order = sorted(range(len(texts)), key=lambda i: len(texts[i].split()))
     out = torch.empty(len(texts), model.config.num_labels)
     device = model_device(model)
-    was_training = model.training
-    model.eval()  # no dropout: a model straight out of Trainer.train() is still in train mode
-    try:
+    with eval_mode(model), first_position_only(model):  # a model straight out of Trainer.train() is in train mode
         for start in tqdm(range(0, len(texts), batch_size), disable=not show_progress, desc="predict"):
             rows = order[start:start + batch_size]
             enc, _, _ = encode_words(tokenizer, [texts[i] for i in rows], max_length)
-            with first_position_only(model):
-                out[rows] = model(**model_inputs(dict(enc), device)).logits.float().softmax(-1).cpu()
-    finally:
-        model.train(was_training)
+            out[rows] = model(**model_inputs(dict(enc), device)).logits.float().softmax(-1).cpu()
     return out
 
 

@@ -60,6 +60,22 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Eval mode (no dropout) inside the block; afterwards every submodule gets its own mode back.
+
+    Per module: a model can be in mixed mode (peft wraps an eval model in a training-mode
+    PeftModel), and ``model.train(was_training)`` would flip every submodule.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextlib.contextmanager
 def influence_mode(model: nn.Module):
     """Float32, eval mode, eager attention, unwrapped; restores the model's mode afterwards.
 
@@ -70,20 +86,14 @@ def influence_mode(model: nn.Module):
     model = unwrap_model(model)
     if any(p.dtype != torch.float32 for p in model.parameters()):
         model = copy.deepcopy(model).float()
-    # Per module: a model can be in mixed mode (peft wraps an eval model in a training-mode
-    # PeftModel), and model.train(was_training) would flip every submodule.
-    modes = [(m, m.training) for m in model.modules()]
     config = getattr(model, "config", None)
     old_attn = getattr(config, "_attn_implementation", None)
     if old_attn not in (None, "eager") and hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("eager")  # SDPA/flash have no double backward (case C06)
-    model.eval()
     try:
-        with suspend_input_require_grads(model):
+        with eval_mode(model), suspend_input_require_grads(model):
             yield model
     finally:
-        for module, training in modes:
-            module.training = training
         if old_attn not in (None, "eager") and hasattr(model, "set_attn_implementation"):
             model.set_attn_implementation(old_attn)
 
