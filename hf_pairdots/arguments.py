@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SOLVERS = ("lissa", "cg", "exact", "lowrank")
+SOLVERS = ("auto", "lissa", "cg", "exact", "lowrank")
 QUERY_SETS = ("misclassified", "all", "indices")
 LABEL_ROLES = ("predicted", "gold")
 
@@ -48,9 +48,12 @@ class SolverOptions(_Serializable):
     """How to solve (H + λI) s = ∇θ m (App. B).
 
     Attributes:
-        solver: ``"lissa"`` (the paper), ``"cg"`` or ``"exact"`` (references; exact builds the
-            P x P Hessian, for small parameter sets only), or ``"lowrank"`` (top-``rank``
-            eigenpairs computed once and reused for every query, see ``lowrank_refine``).
+        solver: ``"auto"`` (default: CG or LiSSA, whichever is estimated to touch fewer training
+            examples; LiSSA when ``scale``, ``repeat > 1`` or ``keep_repeats`` is set; see
+            :func:`hf_pairdots.influence.choose_solver`), ``"lissa"`` (the paper),
+            ``"cg"`` or ``"exact"`` (exact builds the P x P Hessian, for small parameter sets
+            only), or ``"lowrank"`` (top-``rank`` eigenpairs computed once and reused for every
+            query, see ``lowrank_refine``).
         damping: λ; ``None`` = ``min_damping`` plus 1.5 x minus the smallest Hessian eigenvalue
             (power-iteration estimate), so that H + λI is positive definite.
         scale: σ of LiSSA; ``None`` = 1.5 x (largest mini-batch eigenvalue + λ), so that the
@@ -77,7 +80,7 @@ class SolverOptions(_Serializable):
             nor ``keep_repeats`` is part of the cache key.
     """
 
-    solver: str = "lissa"
+    solver: str = "auto"
     damping: float | None = None
     scale: float | None = None
     min_damping: float = 0.01
@@ -86,7 +89,7 @@ class SolverOptions(_Serializable):
     batch_size: int = 128
     seed: int = 0
     power_iters: int = 20
-    cg_tol: float = 1e-4
+    cg_tol: float = 1e-3
     cg_max_iter: int = 300
     rank: int = 50
     lowrank_refine: bool = True

@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from .arguments import SOLVERS
+
 
 def _wordnet(a) -> int:
     from .augment.lexicon import ensure_wordnet, install_wordnet
@@ -135,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--params", default="auto", help="parameter subset θ_S: auto (LoRA adapters of a peft model, "
                    "else pooler + classifier), head, top, all, classifier, lora, last:K")
     e.add_argument("--max-length", type=int, default=128)
-    e.add_argument("--solver", default="lissa", choices=["lissa", "cg", "exact"])
+    e.add_argument("--solver", default="auto", choices=SOLVERS)
     e.add_argument("--depth", type=int, default=200)
     e.add_argument("--edit", default=None, choices=["fix", "attack"])
     e.add_argument("--seed", type=int, default=0)
@@ -163,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label of antonym edits: keep (paper) or flip (binary tasks)")
     g.add_argument("--params", default=None, help="parameter subset θ_S (default: ExplainArguments' default)")
     g.add_argument("--max-length", type=int, default=128)
-    g.add_argument("--solver", default="lissa", choices=["lissa", "cg", "exact"])
+    g.add_argument("--solver", default="auto", choices=SOLVERS)
     g.add_argument("--damping", type=float, default=None, help="λ (default: automatic)")
     g.add_argument("--depth", type=int, default=200)
     g.add_argument("--seed", type=int, default=0)

@@ -33,6 +33,7 @@ to be cached).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,7 +48,7 @@ from .cache import STestCache, cache_key, fingerprint_model, fingerprint_tensor,
 from .distributed import broadcast_object, broadcast_tensor, is_main_process, sharded_train_influence
 from .features import first_position_only
 from .influence import (compute_s_test, eval_mode, lowrank_hessian, make_objective, prepare_data, resolve_damping_scale,
-                        prepare_word_variants, saliency_measurement_gradient, word_influence)
+                        prepare_word_variants, word_influence)
 from .saliency import encode_words, find_embedding_block, model_device, model_inputs, saliency
 from .stability import topk_overlap
 
@@ -202,7 +203,7 @@ class Explainer:
         probs = predict_proba(self.model, self.tokenizer, texts, max_length=self.args.max_length)
         with first_position_only(self.model):  # saliency and ∇θ m read the logits only
             rows = self._rows(queries, probs)
-            v = torch.stack([self._measurement_gradient(row) for row in rows])
+            v = self._measurement_gradients(rows)
         solved = self.solve(v)
         k = min(self.args.top_k, solved.scores.shape[1])
         tops = [torch.topk(solved.scores[r], k) for r in range(len(rows))]
@@ -332,15 +333,23 @@ class Explainer:
                              "salient_word": sal.rank(self.args.salient_by)[0], "text": q.text})
         return rows
 
-    def _measurement_gradient(self, row: dict) -> torch.Tensor:
-        enc, _, _ = encode_words(self.tokenizer, [row["text"]], self.args.max_length)
-        word = row["salient_word"]
-        positions = [p for p, w in enumerate(enc.word_ids(0)) if w == word]
-        sign = -1.0 if self.args.salient_by == "magnitude" and row["saliency"].scores[word] < 0 else 1.0
-        return sign * saliency_measurement_gradient(self.model, self.objective.params,
-                                                    model_inputs(dict(enc), self.objective.device),
-                                                    row["label"], positions, mode=self.args.saliency_mode,
-                                                    target=self.args.saliency_target)
+    def _measurement_gradients(self, rows: list[dict]) -> torch.Tensor:
+        """∇θ m of every row, ``(len(rows), P)``: one
+        :meth:`~hf_pairdots.influence.Objective.saliency_gradients` call per query for all its
+        rows (the same text); with ``salient_by="magnitude"`` a row whose word has a negative
+        saliency gets the sign flipped (m = |s(x_t)|)."""
+        out = []
+        for _, group in itertools.groupby(rows, key=lambda row: row["query"]):
+            group = list(group)
+            enc, _, _ = encode_words(self.tokenizer, [group[0]["text"]], self.args.max_length)
+            ids = enc.word_ids(0)
+            positions = [[p for p, w in enumerate(ids) if w == row["salient_word"]] for row in group]
+            signs = [-1.0 if self.args.salient_by == "magnitude" and row["saliency"].scores[row["salient_word"]] < 0
+                     else 1.0 for row in group]
+            grads = self.objective.saliency_gradients(dict(enc), [row["label"] for row in group], positions,
+                                                      mode=self.args.saliency_mode, target=self.args.saliency_target)
+            out.append(grads * torch.tensor(signs, device=grads.device)[:, None])
+        return torch.cat(out)
 
     def _word_influence(self, tops, s_test: torch.Tensor) -> dict[tuple[int, int], torch.Tensor]:
         """Eq. 8 scores ``(W,)`` keyed by (row, training index). Each training example's erased

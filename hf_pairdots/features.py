@@ -111,18 +111,12 @@ class TopHead(nn.Module):
         return {n for n, p in self.model.named_parameters() if id(p) in owned}
 
 
-@torch.no_grad()
-def compute_features(model: nn.Module, batch: dict, out: Tensor | None = None, cut: str = "ffn") -> Tensor:
-    """The features :class:`TopHead` reads, shape ``(B, H)``, float32: at position 0, the last
-    layer's attention output (``cut="ffn"``) or the last layer's output (``"pooler"``); or the
-    pooler's output (``"classifier"``).
-
-    ``batch`` may live on any device: its inputs are moved to the model's device. Without
-    ``out`` the features are returned on the model's device. ``out``: a ``(B, H)`` float32
-    tensor to write into (returned), e.g. a view of one buffer for the whole training set
-    (normally on the model's device too). Cost: one forward pass of the whole model (no
-    gradient), the last feed-forward block on position 0 only (:func:`first_position_only`).
-    """
+def cut_features(model: nn.Module, inputs: dict, cut: str = "ffn") -> Tensor:
+    """The features at ``cut`` as a differentiable function of the model's inputs, ``(B, H)`` on
+    the model's device, in the model's dtype: what :func:`compute_features` caches, without its
+    ``no_grad`` (so ``torch.func.jvp`` can carry a tangent from the embeddings up to the cut).
+    ``inputs``: the model's keyword inputs, already on its device. Cost: one forward pass, the
+    last feed-forward block on position 0 only."""
     _, last, pooler, _ = _bert_parts(model)
     captured = {}
 
@@ -135,9 +129,25 @@ def compute_features(model: nn.Module, batch: dict, out: Tensor | None = None, c
     handle = {"ffn": last.intermediate, "pooler": last.output, "classifier": pooler}[cut].register_forward_hook(keep)
     try:
         with first_position_only(model):
-            model(**model_inputs(batch, model_device(model)))
+            model(**inputs)
     finally:
         handle.remove()
+    return captured["x"]
+
+
+@torch.no_grad()
+def compute_features(model: nn.Module, batch: dict, out: Tensor | None = None, cut: str = "ffn") -> Tensor:
+    """The features :class:`TopHead` reads, shape ``(B, H)``, float32: at position 0, the last
+    layer's attention output (``cut="ffn"``) or the last layer's output (``"pooler"``); or the
+    pooler's output (``"classifier"``).
+
+    ``batch`` may live on any device: its inputs are moved to the model's device. Without
+    ``out`` the features are returned on the model's device. ``out``: a ``(B, H)`` float32
+    tensor to write into (returned), e.g. a view of one buffer for the whole training set
+    (normally on the model's device too). Cost: one forward pass of the whole model (no
+    gradient), the last feed-forward block on position 0 only (:func:`first_position_only`).
+    """
+    features = cut_features(model, model_inputs(batch, model_device(model)), cut)
     if out is None:
-        return captured["x"].float().clone()
-    return out.copy_(captured["x"])
+        return features.float().clone()
+    return out.copy_(features)

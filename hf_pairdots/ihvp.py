@@ -145,7 +145,8 @@ def conjugate_gradient(hvp: HVP, v: Tensor, *, damping: float, tol: float = 1e-6
 
     Needs H + λI positive definite (raises ``ValueError`` on a non-positive curvature
     direction, with advice to raise damping). Stops when every relative residual
-    ||(H + λI)x - v|| / ||v|| is below ``tol`` (rows that have converged stop moving).
+    ||(H + λI)x - v|| / ||v|| is below ``tol``; rows that have converged stop moving and drop
+    out of the HVPs.
 
     Args:
         preconditioner: ``R (Q, P) -> M⁻¹ R`` for a symmetric positive definite M ≈ H + λI
@@ -154,7 +155,7 @@ def conjugate_gradient(hvp: HVP, v: Tensor, *, damping: float, tol: float = 1e-6
 
     Returns:
         :class:`IHVPResult`; diagnostics ``iterations`` (HVPs of the loop). Cost: one
-        full-data HVP (Q vectors) per iteration.
+        full-data HVP per iteration, of the rows not yet converged.
     """
     v = v.detach()
     x = torch.zeros_like(v) if x0 is None else x0.detach().clone()
@@ -169,7 +170,8 @@ def conjugate_gradient(hvp: HVP, v: Tensor, *, damping: float, tol: float = 1e-6
         if not bool(active.any()):
             break
         it += 1
-        ap = hvp(p).detach() + damping * p
+        ap = torch.zeros_like(p)  # converged rows take no HVP
+        ap[active] = hvp(p[active]).detach() + damping * p[active]
         curvature = (p * ap).sum(1)
         if bool((curvature[active] <= 0).any()):
             raise ValueError(f"H + damping*I is not positive definite (damping={damping:g}); increase damping")

@@ -156,7 +156,7 @@ def explain_with_edits(config: dict, model, tokenizer, train, queries, out: Path
                             top_k=config.get("top_k") or top_k, params=config.get("params", "head"),
                             max_length=config["max_length"], edit=mode, num_sampled=config.get("num_sampled", 5),
                             max_candidates=config.get("max_candidates", 20), seed=seed,
-                            solver=SolverOptions(depth=config.get("depth", 200), seed=seed))
+                            solver=SolverOptions(solver=config.get("solver", "auto"), depth=config.get("depth", 200), seed=seed))
     summary = explain_dataset(model, tokenizer, train, queries, args, out, show_progress=config.get("show_progress", False))
     print(f"[{mode}] explained {summary['queries']} queries in {summary['seconds']} s", flush=True)
     return sorted(ExplanationStore(out).records(), key=lambda r: r["query_index"])

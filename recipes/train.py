@@ -257,7 +257,7 @@ def print_sizes(config: dict, train, dev, test, spec: str) -> None:
           f"model {config.get('model') or 'packaged MiniLM-L6'} ({method}); epochs {config['epochs']}, "
           f"lr {config['learning_rate']}, batch {config.get('batch_size', 16)}, max_length {config['max_length']}, "
           f"seed {config['seeds'][0]}; explain up to {config['num_queries']} dev errors, top_k {config['top_k']}, "
-          f"params {config['params']!r}, LiSSA depth {config.get('depth', 200)}")
+          f"params {config['params']!r}, solver {config.get('solver', 'auto')}, LiSSA depth {config.get('depth', 200)}")
 
 
 def training_function(config: dict, args) -> dict:
@@ -315,7 +315,7 @@ def training_function(config: dict, args) -> dict:
         "train_loss": trained["train_loss"], "global_step": trained["global_step"], "history": trained["history"],
         "trainable_parameters": trainable, "total_parameters": total,
         "explanations": {**summary, "params": config["params"], "top_k": config["top_k"],
-                         "depth": config.get("depth", 200), "folder": "pairdots"},
+                         "solver": config.get("solver", "auto"), "depth": config.get("depth", 200), "folder": "pairdots"},
         "seconds": {"train": trained["train_seconds"], "explain": summary["seconds"],
                     "evaluate": round(time.perf_counter() - t, 1)},
     }
@@ -351,7 +351,8 @@ def write_card(out: Path, config: dict, results: dict, command: str) -> Path:
         total_parameters=f"{results['total_parameters']:,}", training=training,
         metrics={"dev accuracy": _round(results["dev_accuracy"]), "test accuracy": _round(results["test_accuracy"])},
         explanations={"params": explanations["params"], "dev errors explained": explanations["queries"],
-                      "top_k": explanations["top_k"], "LiSSA depth": explanations["depth"],
+                      "top_k": explanations["top_k"], "solver": explanations["solver"],
+                      "LiSSA depth": explanations["depth"],
                       "mean top-1 influence": _significant(explanations["mean_top1_influence"]),
                       "seconds": explanations["seconds"]},
         date=time.strftime("%Y-%m-%d"))

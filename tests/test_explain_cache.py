@@ -26,7 +26,7 @@ TEXTS = ["a good fun movie", "a bad dull plot", "the scene was warm"]
 # λ and σ near what the automatic choice gives for this model at depth 40 (3.56, 15.5): LiSSA
 # converges (relative residual about 1 %; mini-batches of 8 of the 16 rows, with 4 it is 10 %);
 # fixed values skip the eigenvalue estimates.
-SOLVER = dict(damping=3.5, scale=15.2, depth=40, batch_size=8)
+SOLVER = dict(solver="lissa", damping=3.5, scale=15.2, depth=40, batch_size=8)
 
 
 @pytest.fixture(scope="module")

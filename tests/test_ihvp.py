@@ -137,6 +137,23 @@ def test_C04_conjugate_gradient_equals_damped_exact_solve(name):
     assert result.diagnostics["iterations"] <= 3 * P  # CG on a P-dimensional system
 
 
+def test_conjugate_gradient_drops_converged_rows_from_the_hvps():
+    """A right-hand side that is an eigenvector converges in one step; it then takes no HVP,
+    and the other row still reaches the exact solve."""
+    eigenvalues = torch.tensor([1.0, 2.0, 3.0, 5.0, 8.0], dtype=torch.float64)
+    h = torch.diag(eigenvalues)
+    v = torch.tensor([[0.0, 1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    rows = []
+
+    def counted(x):
+        rows.append(x.shape[0])
+        return x @ h
+
+    result = conjugate_gradient(counted, v, damping=0.5, tol=1e-10)
+    assert rows[0] == 2 and set(rows[1:]) == {1} and len(rows) == result.diagnostics["iterations"] == 5
+    assert torch.allclose(result.x, v / (eigenvalues + 0.5), rtol=1e-10)
+
+
 def test_lissa_minibatch_hvp_is_close_to_exact():
     """Stochastic HVPs (ridge Hessian of a random mini-batch of 50 per step) + tail averaging +
     repeats: an unbiased estimate close to the exact solve (loose tolerance: it is noisy)."""

@@ -23,6 +23,7 @@ from hf_pairdots.influence import (
     Objective,
     PreparedData,
     SolverOptions,
+    choose_solver,
     compute_s_test,
     erased_variants,
     example_influence,
@@ -207,6 +208,28 @@ def test_saliency_measurement_gradient_equals_finite_difference(tok, mode, param
         fd = float((measure(theta + eps * d) - measure(theta - eps * d)).detach() / (2 * eps))
         assert abs(fd) > 1e-3
         assert float(grad.double() @ d) == pytest.approx(fd, rel=2e-3)
+
+
+@pytest.mark.parametrize("preset", ["top", "head", "classifier"])
+@pytest.mark.parametrize("mode, target", [("gradient", "prob"), ("grad_x_input", "prob"), ("gradient", "margin"),
+                                          ("l2", "logprob")])
+def test_cached_top_saliency_gradients_equal_the_double_backward_route(tok, preset, mode, target):
+    """CachedTopObjective.saliency_gradients (one Jacobian-vector product below the cut, then
+    the head alone) equals the general route (double backward through the whole model) row by
+    row: two labels of one text, each with its own word (two pieces, or one); "l2" falls back
+    to the general route itself. The general route is checked against finite differences above."""
+    model = tiny_bert(initializer_range=0.2)
+    objective = make_objective(model, preset)
+    assert isinstance(objective, CachedTopObjective)
+    enc, _, _ = encode_words(tok, ["the plot was good but the acting was bad"])
+    labels, positions = [1, 0], [[2, 3], [6]]
+    fast = objective.saliency_gradients(dict(enc), labels, positions, mode=mode, target=target)
+    general = Objective.saliency_gradients(objective, dict(enc), labels, positions, mode=mode, target=target)
+    assert fast.shape == (2, objective.params.numel)
+    for row in range(2):
+        assert float(general[row].norm()) > 1e-3
+        assert rel(fast[row], general[row]) < 1e-5
+    assert rel(fast[0], fast[1]) > 0.1  # the rows are different measurements
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,6 +565,30 @@ def test_influence_predicts_leave_one_out_retraining(logistic_loo, solver):
         # The magnitude is right too, not only the ranking. First order under-predicts by about
         # the leverage (p/n = 6/40 here): measured slopes 1.18-1.25. A lost sign or 1/n fails.
         assert 0.9 < slope < 1.4
+
+
+def test_auto_solver_picks_cg_up_to_the_cost_of_lissa_and_lissa_for_its_own_options():
+    """choose_solver: 12 passes over n examples against depth x batch_size x repeat = 25,600 at
+    the defaults, so n = 2,133 is the last CG size (12 x 2,133 = 25,596); a given scale, repeats
+    or kept repeats mean LiSSA; a named solver is kept."""
+    def picked(n, **options):
+        return choose_solver(SolverOptions(**options), PreparedData([], n)).solver
+
+    assert picked(2133) == "cg" and picked(2134) == "lissa"
+    assert picked(4000, depth=400) == "cg" and picked(2000, batch_size=64) == "lissa"
+    assert picked(10, scale=2.0) == picked(10, repeat=2) == picked(10, keep_repeats=True) == "lissa"
+    assert picked(10, solver="exact") == "exact" and picked(10_000, solver="cg") == "cg"
+
+
+def test_default_s_test_is_the_converged_cg_solve(top_objective, tok):
+    """compute_s_test at all defaults (automatic damping, solver auto) on 6 examples: CG, its
+    residual below the default tol 1e-3, and the exact solve at the damping it chose to 1e-2."""
+    data = prepare_data(top_objective, tok, TEXTS, LABELS)
+    v = loss_measurement_gradient(top_objective, top_objective.prepare(tokenize(tok, TEXTS[:2], LABELS[:2], 64)))
+    result = compute_s_test(top_objective, data, v)
+    assert result.diagnostics["solver"] == "cg" and max(result.diagnostics["relative_residual"]) < 1e-3
+    exact = compute_s_test(top_objective, data, v, SolverOptions(solver="exact", damping=result.diagnostics["damping"]))
+    assert rel(result.x, exact.x) < 1e-2
 
 
 # --------------------------------------------------------------------------------------------
