@@ -6,12 +6,15 @@ Measures, in one run on this machine:
 (a) one training epoch (forward + backward + update, Accelerate loop) = the unit;
 (b) scoring every training example for one query given s_test (Eq. 4/5, JVP route), for
     params="all" and for the default subset ("head"), and "top";
-(c) s_test for 8 saliency measurements by LiSSA (defaults), CG and low-rank (refined, and the
-    closed form) on "head": time in epochs and relative error against a tightly converged CG answer;
-(d) peak memory (max RSS growth) of feature caching + scoring for N = 500, 1,000, 2,000, each in
-    a fresh subprocess, with glibc's default malloc and with a fixed mmap threshold;
+(c) s_test for 8 saliency measurements at the defaults (solver "auto": CG here), by LiSSA, CG
+    and low-rank (refined, and the closed form) on "head": time in epochs and relative error
+    against a tightly converged CG answer;
+(d) peak memory (peak RSS, and its growth over the RSS before) of feature caching + scoring for
+    N = 500, 1,000, 2,000, each in a fresh subprocess, with glibc's default malloc and with a fixed
+    mmap threshold;
 (f) explaining every dev misclassification (2 labels each, top-5 over all N, Eq. 8 words, no
-    edits) with the Explainer at its defaults (LiSSA), and with CG at tol 1e-4 and 1e-2.
+    edits) with the Explainer at its defaults (solver "auto": CG at N = 2,000), with LiSSA and
+    with the low-rank solver.
 Speed and memory live here, not in timed tests. The tables replace the text between the
 ``bench_influence`` markers of ``--out`` (the peers section (e) of bench_peers.py is kept).
 """
@@ -33,7 +36,7 @@ import torch  # noqa: E402
 from hf_pairdots.arguments import ExplainArguments, SolverOptions  # noqa: E402
 from hf_pairdots.data import load_text_classification, subsample  # noqa: E402
 from hf_pairdots.influence import (compute_s_test, influence_mode, make_objective, prepare_data,  # noqa: E402
-                                   resolve_damping_scale, saliency_measurement_gradient, tokenize,
+                                   resolve_damping_scale, tokenize,
                                    train_influence)
 from hf_pairdots.models import load_classifier, load_tokenizer  # noqa: E402
 from hf_pairdots.saliency import model_inputs  # noqa: E402
@@ -53,7 +56,7 @@ def measurement_gradients(model, tok, objective, texts, max_length):
     for text in texts:
         enc = tokenize(tok, [text], [0], max_length)
         enc.pop("labels")
-        rows.append(saliency_measurement_gradient(model, objective.params, model_inputs(enc), 1, [1]))
+        rows.append(objective.saliency_gradients(model_inputs(enc), [1], [[1]])[0])
     return torch.stack(rows)
 
 
@@ -63,8 +66,9 @@ def _status_kb(field: str) -> int:
 
 
 def memory_probe(n: int, max_length: int) -> None:
-    """Child process: cache features and score n examples for one query; print the peak RSS growth
-    (MB) over the RSS before, with the kernel's high-water mark reset first (Linux)."""
+    """Child process: cache features and score n examples for one query; print the process's peak
+    RSS (MB; the model, tokenizer and data set are loaded before) and its growth over the RSS
+    before, with the kernel's high-water mark reset first (Linux)."""
     data = load_text_classification(str(LOCAL_SST2))
     train = subsample(data["train"], n, 0)
     tok = load_tokenizer()
@@ -76,7 +80,8 @@ def memory_probe(n: int, max_length: int) -> None:
         objective = make_objective(m, "head")
         prepared = prepare_data(objective, tok, train["text"], train["label"], max_length=max_length)
         train_influence(objective, prepared, torch.randn(1, objective.params.numel))
-    print(json.dumps({"n": n, "peak_growth_mb": (_status_kb("VmHWM") - before) / 1024}))
+    peak = _status_kb("VmHWM")
+    print(json.dumps({"n": n, "peak_mb": peak / 1024, "peak_growth_mb": (peak - before) / 1024}))
 
 
 def main(argv=None) -> None:
@@ -111,10 +116,11 @@ def main(argv=None) -> None:
         prepared = prepare_data(objective, tok, train["text"], train["label"], max_length=a.max_length)
         v = measurement_gradients(m, tok, objective, queries, a.max_length)
         references = {}
-        for name, options in (("LiSSA (defaults: depth 200, auto damping/scale)", SolverOptions()),
-                              ("CG (defaults: tol 1e-4)", SolverOptions(solver="cg")),
+        for name, options in (("defaults (solver auto: CG at N = 2,000, tol 1e-3)", SolverOptions()),
+                              ("LiSSA (defaults: depth 200, auto damping/scale)", SolverOptions(solver="lissa")),
+                              ("CG (tol 1e-4)", SolverOptions(solver="cg", cg_tol=1e-4)),
                               ("CG (tol 1e-2)", SolverOptions(solver="cg", cg_tol=1e-2)),
-                              ("low-rank (defaults: rank 50, refined by preconditioned CG to tol 1e-4)",
+                              ("low-rank (defaults: rank 50, refined by preconditioned CG to tol 1e-3)",
                                SolverOptions(solver="lowrank")),
                               ("low-rank closed form (rank 50, lowrank_refine=False)",
                                SolverOptions(solver="lowrank", lowrank_refine=False))):
@@ -130,8 +136,9 @@ def main(argv=None) -> None:
                          f"incl. {t_eig:.1f} s eigenvalue estimates; rel. error vs CG(1e-6) at the same "
                          f"damping {damping:.3g}: {err:.3f}"))
         dev = data["validation"]
-        for name, solver in (("Explainer defaults: LiSSA", SolverOptions()), ("solver CG", SolverOptions(solver="cg")),
-                             ("solver CG, tol 1e-2", SolverOptions(solver="cg", cg_tol=1e-2))):
+        for name, solver in (("Explainer defaults: solver auto = CG, tol 1e-3", SolverOptions()),
+                             ("LiSSA, depth 200", SolverOptions(solver="lissa")),
+                             ("low-rank, rank 50, refined to tol 1e-3", SolverOptions(solver="lowrank"))):
             (n_errors, seconds), t_f = timed(lambda: explain_dev_errors(m, tok, train, dev, a.max_length, solver))
             rows.append((f"(f) explain all {n_errors} dev misclassifications of {len(dev)} (2 labels, top-5 of "
                          f"{len(train)}, Eq. 8 words; {name})", t_f, t_f / epoch,
@@ -142,19 +149,26 @@ def main(argv=None) -> None:
         for column, extra in (("default", {}), ("fixed", {"MALLOC_MMAP_THRESHOLD_": "131072"})):
             out = subprocess.run([sys.executable, __file__, "--memory-probe", str(n), "--max-length", str(a.max_length)],
                                  capture_output=True, text=True, check=True, env={**os.environ, **extra})
-            row[column] = json.loads(out.stdout.strip().splitlines()[-1])["peak_growth_mb"]
+            probe = json.loads(out.stdout.strip().splitlines()[-1])
+            row[column] = probe["peak_growth_mb"]
+            row.setdefault("peak", probe["peak_mb"])
         memory.append(row)
     lines = [BEGIN, f"Command: `.venv/bin/python benchmarks/bench_influence.py "
              f"--train-size {a.train_size}`; MiniLM-L6, SST-2 sentences, max length {a.max_length}, "
              f"{torch.get_num_threads()} threads, one run.", "",
              "| what | seconds | epochs | note |", "| --- | --- | --- | --- |"]
     lines += [f"| {w} | {s:.1f} | {e:.3f} | {note} |" for w, s, e, note in rows]
-    lines += ["", "(d) peak memory growth (max RSS over RSS before) of feature caching + scoring, fresh process "
-              "each: with glibc's default malloc, and with a fixed mmap threshold (env "
-              "`MALLOC_MMAP_THRESHOLD_=131072`: large freed blocks go back to the system instead of "
-              "fragmenting the heap):", "",
-              "| N | MB, default malloc | MB, fixed mmap threshold |", "| --- | --- | --- |"]
-    lines += [f"| {m_['n']} | {m_['default']:.0f} | {m_['fixed']:.0f} |" for m_ in memory]
+    first = memory[0]
+    lines += ["", "(d) peak memory of feature caching + scoring, fresh process each: the process's peak RSS "
+              "(model, tokenizer and data set loaded), and its growth over the RSS before the job, with "
+              "glibc's default malloc and with a fixed mmap threshold (env `MALLOC_MMAP_THRESHOLD_=131072`: "
+              "large freed blocks go back to the system instead of staying in the heap); in brackets the "
+              f"change against N = {first['n']}:", "",
+              "| N | peak RSS, MB | growth, default malloc, MB | growth, fixed mmap threshold, MB |",
+              "| --- | --- | --- | --- |"]
+    lines += [f"| {m_['n']} | {m_['peak']:.0f} ({m_['peak'] / first['peak'] - 1:+.1%}) | {m_['default']:.0f} "
+              f"({m_['default'] / first['default'] - 1:+.1%}) | {m_['fixed']:.0f} ({m_['fixed'] / first['fixed'] - 1:+.1%}) |"
+              for m_ in memory]
     lines.append(END)
     write_section(Path(a.out), "\n".join(lines))
     print("\n".join(lines))

@@ -121,8 +121,8 @@ def our_solvers(a, lambda_max: float):
     scale = 2 * (lambda_max + lam)
     return [
         ("hf_pairdots exact", SolverOptions(solver="exact", damping=lam), "SolverOptions(solver='exact', damping=λ)"),
-        ("hf_pairdots CG", SolverOptions(solver="cg", damping=lam),
-         "SolverOptions(solver='cg', damping=λ) (tol 1e-4, max 300 it.)"),
+        ("hf_pairdots CG", SolverOptions(solver="cg", damping=lam, cg_tol=1e-4),
+         "SolverOptions(solver='cg', damping=λ, cg_tol=1e-4) (max 300 it.)"),
         ("hf_pairdots LiSSA", SolverOptions(solver="lissa", damping=lam),
          "SolverOptions(solver='lissa', damping=λ) (depth 200, batch 128; scale from Lanczos, power_iters 20)"),
         ("hf_pairdots LiSSA, power_iters=60", SolverOptions(solver="lissa", damping=lam, power_iters=60),
@@ -132,9 +132,9 @@ def our_solvers(a, lambda_max: float):
         ("hf_pairdots LiSSA, scale given, depth 1000", SolverOptions(solver="lissa", damping=lam, scale=scale, depth=1000),
          "SolverOptions(solver='lissa', damping=λ, scale=2(λmax+λ), depth=1000)"),
         ("hf_pairdots LiSSA, auto λ", SolverOptions(solver="lissa"),
-         "SolverOptions() (all defaults: λ and scale from Lanczos estimates)"),
-        ("hf_pairdots low-rank", SolverOptions(solver="lowrank", damping=lam),
-         "SolverOptions(solver='lowrank', damping=λ) (rank 50)"),
+         "SolverOptions(solver='lissa') (λ and scale from Lanczos estimates)"),
+        ("hf_pairdots low-rank", SolverOptions(solver="lowrank", damping=lam, cg_tol=1e-4),
+         "SolverOptions(solver='lowrank', damping=λ, cg_tol=1e-4) (rank 50)"),
     ]
 
 

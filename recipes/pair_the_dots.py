@@ -4,8 +4,9 @@
    and the pretrained model (the packaged MiniLM-L6 by default);
 2. fine-tune it with a ``transformers.Trainer`` on a seeded training subsample, with
    ``PairDotsCallback`` attached: at the end of training it explains the dev misclassifications
-   (saliency for the wrong and the gold label, top-k training examples by Eq. 5 with LiSSA,
-   their responsible words by Eq. 8) and proposes a fixing edit of each of those examples
+   (saliency for the wrong and the gold label; top-k training examples by Eq. 5, s_test by
+   ``--solver``, default ``auto`` = conjugate gradient at 2,000 training examples; their
+   responsible words by Eq. 8) and proposes a fixing edit of each of those examples
    (Sec. 4.3: ↑I(z, w_y) / ↓I(z, w_y') with WordNet synonyms and antonyms, Eq. 11-12);
 3. collects up to ``--fix-per-query`` edits per query into a ``datasets.Dataset`` with provenance;
 4. retrains from the pretrained weights with Accelerate, on the training subsample alone
@@ -31,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1") if not os.environ.get("PAIRDOTS_ONL
 import torch  # noqa: E402
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments  # noqa: E402
 
-from hf_pairdots.arguments import ExplainArguments, SolverOptions  # noqa: E402
+from hf_pairdots.arguments import SOLVERS, ExplainArguments, SolverOptions  # noqa: E402
 from hf_pairdots.augment.dataset import apply_edits, edits_dataset  # noqa: E402
 from hf_pairdots.augment.lexicon import ensure_wordnet  # noqa: E402
 from hf_pairdots.callback import PairDotsCallback  # noqa: E402
@@ -81,6 +82,7 @@ def parse_args(argv=None):
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--fix-per-query", type=int, default=2, help="fixing examples added per explained query")
     p.add_argument("--params", default="head", help="parameter subset for influence (head, top, all, ...)")
+    p.add_argument("--solver", default="auto", choices=SOLVERS, help="s_test solver (auto: CG or LiSSA by cost)")
     p.add_argument("--depth", type=int, default=200, help="LiSSA depth")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -111,7 +113,7 @@ def main(argv=None) -> dict:
 
     explain_args = ExplainArguments(max_queries=a.max_queries, top_k=a.top_k, params=a.params, max_length=a.max_length,
                                     edit="fix", edit_top_k=a.fix_per_query, max_candidates=10, seed=a.seed,
-                                    solver=SolverOptions(depth=a.depth, seed=a.seed))
+                                    solver=SolverOptions(solver=a.solver, depth=a.depth, seed=a.seed))
     callback = PairDotsCallback(dev, train_dataset=train, tokenizer=tokenizer, args=explain_args)
     trainer_args = TrainingArguments(output_dir=str(out / "trainer"), num_train_epochs=a.epochs,
                                      learning_rate=a.learning_rate, per_device_train_batch_size=16, warmup_steps=0.06,

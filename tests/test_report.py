@@ -1,6 +1,5 @@
 """hf_pairdots.report: jsonl store (resume, repair), dataset copy, HTML page, real rendering."""
 
-import copy
 import json
 import re
 import shutil
