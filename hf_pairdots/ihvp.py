@@ -23,6 +23,7 @@ Scalar diagnostics are Python floats.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -146,7 +147,8 @@ def conjugate_gradient(hvp: HVP, v: Tensor, *, damping: float, tol: float = 1e-6
     Needs H + λI positive definite (raises ``ValueError`` on a non-positive curvature
     direction, with advice to raise damping). Stops when every relative residual
     ||(H + λI)x - v|| / ||v|| is below ``tol``; rows that have converged stop moving and drop
-    out of the HVPs.
+    out of the HVPs. Stopping at ``max_iter`` first warns (``RuntimeWarning``, with the residual
+    reached); the residual is also in the solve's diagnostics.
 
     Args:
         preconditioner: ``R (Q, P) -> M⁻¹ R`` for a symmetric positive definite M ≈ H + λI
@@ -182,6 +184,10 @@ def conjugate_gradient(hvp: HVP, v: Tensor, *, damping: float, tol: float = 1e-6
         rz_new = (r * z).sum(1)
         p = z + (rz_new / rz.clamp_min(1e-30))[:, None] * p
         rz = rz_new
+    residual = r.norm(dim=1) / v_norm
+    if bool((residual > tol).any()):
+        warnings.warn(f"CG stopped at max_iter={max_iter} with relative residual up to {float(residual.max()):.3g} "
+                      f"(tol {tol:g}); raise cg_max_iter or damping", RuntimeWarning, stacklevel=2)
     return IHVPResult(x, {"solver": "cg", "damping": damping, "iterations": it})
 
 

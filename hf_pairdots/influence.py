@@ -46,7 +46,7 @@ from . import ihvp
 from .arguments import SolverOptions
 from .autograd import ParameterSet, directional_derivatives, hvp, select_parameters
 from .features import CUTS, TopHead, compute_features, cut_features, first_position_only, supports_top_head
-from .saliency import (_check_labels, _sequence_length, embedding_gradient, encode_words, find_embedding_block, label_score,
+from .saliency import (INPUT_KEYS, _check_labels, _sequence_length, embedding_gradient, encode_words, find_embedding_block, label_score,
                        model_device, model_inputs, suspend_input_require_grads, token_saliency)
 
 
@@ -147,8 +147,15 @@ class Objective:
         """∇θ w_y(e) of Eq. 5 for several measurements on ONE tokenised text, ``(k, P)`` on
         :attr:`device`: row b is the gradient of the saliency of ``token_positions[b]`` for
         ``labels[b]`` (:func:`saliency_measurement`). ``batch``: the text's inputs, ``(1, L)``
-        tensors on any device. Cost here: k x (forward, backward, double backward) of the full
-        model (:func:`saliency_measurement_gradient`); :class:`CachedTopObjective` is cheaper."""
+        tensors on any device; a position listed twice counts twice. Cost here: k x (forward,
+        backward, double backward) of the full model (:func:`saliency_measurement_gradient`);
+        :class:`CachedTopObjective` is cheaper.
+
+        Raises:
+            ValueError: no label, ``labels`` and ``token_positions`` of different lengths, or a
+                batch of more than one text.
+        """
+        _check_measurement_rows(batch, labels, token_positions)
         return torch.stack([saliency_measurement_gradient(self.model, self.params, batch, y, positions, mode=mode,
                                                           target=target)
                             for y, positions in zip(labels, token_positions)])
@@ -240,26 +247,33 @@ class CachedTopObjective(Objective):
         """
         if mode not in ("gradient", "grad_x_input"):
             return super().saliency_gradients(batch, labels, token_positions, mode=mode, target=target)
+        _check_measurement_rows(batch, labels, token_positions)
+        with torch.inference_mode(False), torch.enable_grad():  # even inside a caller's no_grad or inference_mode
+            return self._saliency_gradients(batch, labels, token_positions, mode, target)
+
+    def _saliency_gradients(self, batch, labels, token_positions, mode, target) -> Tensor:
         k = len(labels)
-        inputs = {key: t.expand(k, *t.shape[1:]) for key, t in model_inputs(batch, self.device).items()}
+        # clone: tensors made under inference_mode cannot be saved for backward
+        inputs = {key: t.expand(k, *t.shape[1:]).clone() for key, t in model_inputs(batch, self.device).items()}
         mask = torch.zeros(k, _sequence_length(inputs), 1, device=self.device)
         for b, positions in enumerate(token_positions):
-            mask[b, list(positions)] = 1.0
+            for position in positions:  # summed, as the general route sums the listed saliencies
+                mask[b, position] += 1.0
+        step = torch.zeros(k, device=self.device, requires_grad=True)
 
         def along_d(module, args, output):  # e + s_b d_b for row b: d h_b / d s_b at s = 0 is J_h(e) d_b
             direction = mask if mode == "gradient" else mask * output.detach()
             return output + step[:, None, None] * direction
 
-        step = torch.zeros(k, device=self.device, requires_grad=True)
         handle = find_embedding_block(self.model).register_forward_hook(along_d)
         try:
-            with torch.enable_grad(), suspend_input_require_grads(self.model):
+            with suspend_input_require_grads(self.model):
                 h = cut_features(self.model, inputs, self.head.cut).float()
-                # J_h d by reverse over reverse (faster here than torch.func.jvp): g(w) = J_hᵀ w is
-                # linear in w, and the rows are independent, so ∂(Σ_b g_b)/∂w_b = J_h d_b.
-                w = torch.zeros_like(h, requires_grad=True)
-                (g,) = torch.autograd.grad(h, step, w, create_graph=True)
-                (u,) = torch.autograd.grad(g.sum(), w)
+            # J_h d by reverse over reverse (faster here than torch.func.jvp): g(w) = J_hᵀ w is
+            # linear in w, and the rows are independent, so ∂(Σ_b g_b)/∂w_b = J_h d_b.
+            w = torch.zeros_like(h, requires_grad=True)
+            (g,) = torch.autograd.grad(h, step, w, create_graph=True)
+            (u,) = torch.autograd.grad(g.sum(), w)
         finally:
             handle.remove()
         y = torch.as_tensor(list(labels), device=self.device)
@@ -269,6 +283,15 @@ class CachedTopObjective(Objective):
             return torch.func.grad(score)(h[b].detach()) @ u[b]
 
         return torch.stack([torch.func.grad(measurement)(self.theta, b) for b in range(k)])
+
+
+def _check_measurement_rows(batch: dict, labels: Sequence[int], token_positions: Sequence[Sequence[int]]) -> None:
+    rows = {len(t) for key, t in batch.items() if key in INPUT_KEYS}
+    if rows != {1}:
+        raise ValueError(f"saliency_gradients takes one tokenised text; got a batch of {sorted(rows)} rows")
+    if not labels or len(labels) != len(token_positions):
+        raise ValueError(f"saliency_gradients: {len(labels)} labels and {len(token_positions)} position lists; "
+                         "give one (non-empty) list of each, one entry per measurement")
 
 
 def make_objective(model: nn.Module, params: str | Sequence[str] | ParameterSet = "head") -> Objective:

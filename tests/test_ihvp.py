@@ -6,6 +6,7 @@ damped exact solve).
 """
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -152,6 +153,18 @@ def test_conjugate_gradient_drops_converged_rows_from_the_hvps():
     result = conjugate_gradient(counted, v, damping=0.5, tol=1e-10)
     assert rows[0] == 2 and set(rows[1:]) == {1} and len(rows) == result.diagnostics["iterations"] == 5
     assert torch.allclose(result.x, v / (eigenvalues + 0.5), rtol=1e-10)
+
+
+def test_conjugate_gradient_warns_when_it_stops_at_max_iter():
+    """Five distinct eigenvalues need five CG steps: stopped after two it warns with the residual
+    it reached; given enough steps it does not warn."""
+    h = torch.diag(torch.tensor([1.0, 2.0, 3.0, 5.0, 8.0], dtype=torch.float64))
+    v = torch.ones(1, 5, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="max_iter=2 with relative residual"):
+        conjugate_gradient(lambda x: x @ h, v, damping=0.5, tol=1e-10, max_iter=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        conjugate_gradient(lambda x: x @ h, v, damping=0.5, tol=1e-10, max_iter=5)
 
 
 def test_lissa_minibatch_hvp_is_close_to_exact():

@@ -232,6 +232,30 @@ def test_cached_top_saliency_gradients_equal_the_double_backward_route(tok, pres
     assert rel(fast[0], fast[1]) > 0.1  # the rows are different measurements
 
 
+def test_cached_top_saliency_gradients_under_inference_mode_and_with_a_repeated_position(tok):
+    """The cached route turns autograd back on inside a caller's inference_mode (it crashed
+    there), counts a repeated position twice as the general route does, and refuses rows that
+    do not pair up or a batch of two texts."""
+    model = tiny_bert(initializer_range=0.2)
+    objective = make_objective(model, "head")
+    enc, _, _ = encode_words(tok, ["the plot was good but the acting was bad"])
+    batch = dict(enc)
+    plain = objective.saliency_gradients(batch, [1], [[2]])
+    with torch.inference_mode():
+        inside = objective.saliency_gradients(batch, [1], [[2]])
+    assert torch.allclose(inside, plain, rtol=1e-6, atol=0) and float(plain.norm()) > 1e-3
+    twice = objective.saliency_gradients(batch, [1], [[2, 2]])
+    assert rel(twice, Objective.saliency_gradients(objective, batch, [1], [[2, 2]])) < 1e-5
+    assert rel(twice, 2 * plain) < 1e-5
+    with pytest.raises(ValueError, match="2 labels and 1 position lists"):
+        objective.saliency_gradients(batch, [1, 0], [[2]])
+    with pytest.raises(ValueError, match="2 labels and 1 position lists"):
+        Objective.saliency_gradients(objective, batch, [1, 0], [[2]])
+    with pytest.raises(ValueError, match="one tokenised text"):
+        two, _, _ = encode_words(tok, ["a good movie", "a bad movie"])
+        objective.saliency_gradients(dict(two), [1, 0], [[2], [2]])
+
+
 # --------------------------------------------------------------------------------------------
 # Eq. 7 and Eq. 8
 # --------------------------------------------------------------------------------------------
