@@ -6,7 +6,8 @@ For each query and each explained label y (the predicted label y' and the gold l
 1. word saliency for y (Sec. 3.1) and the most salient word x_t;
 2. m = s(x_t) for y (``salient_by="value"``, the paper), or |s(x_t)| (``"magnitude"``: the
    saliency times its sign at θ, so that raising m means attending more to x_t either way);
-   ∇θ m by double backward; s_test = (H + λI)⁻¹ ∇θ m (App. B);
+   ∇θ m (:meth:`~hf_pairdots.influence.Objective.saliency_gradients`, both labels of a query
+   together); s_test = (H + λI)⁻¹ ∇θ m (App. B, solver ``auto`` by default);
 3. I(z_i, w_y(e)) for every training example (Eq. 5), top-k by descending influence: the
    examples whose up-weighting most raises the attention to x_t;
 4. in each of those, I(x_t, w_y(e)) of every word (Eq. 8); the largest is the responsible word;
@@ -14,7 +15,7 @@ For each query and each explained label y (the predicted label y' and the gold l
    two-stage search of Eq. 11-12 (:mod:`hf_pairdots.augment.search`).
 
 :class:`Explainer` prepares the training side once (cached features, damping and scale) and
-explains queries in chunks, all rows of a chunk sharing one LiSSA run.
+explains queries in chunks, all rows of a chunk sharing one solve.
 
 Reuse (issue #3, capability 6): with ``SolverOptions.cache_dir`` set, s_test and the Eq. 5
 training scores of every measurement row are kept in an :class:`~hf_pairdots.cache.STestCache`
@@ -179,8 +180,9 @@ class Explainer:
     def explain(self, queries: Sequence[Query]) -> list[dict]:
         """Explanation records (schema in docs/ARCHITECTURE.md) for ``queries``, in order.
 
-        Cost: one LiSSA run for all 1-2 x len(queries) measurements together (only for the rows
-        not in the cache, when there is one), one forward-mode pass over the training set for
+        Cost: per query, one saliency pass and one ∇θ m pass for its 1-2 labels; one solve (CG
+        or LiSSA) for all 1-2 x len(queries) measurements together (only for the rows not in the
+        cache, when there is one), one forward-mode pass over the training set for
         those rows (with R > 1 LiSSA repeats, for the R per-repeat solutions too, in the same
         pass), and one pass over W + 1 variants of each distinct top-k example (shared by every
         measurement whose top-k holds it). Eq. 8 and the edits are not cached. Memory with

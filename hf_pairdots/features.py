@@ -114,7 +114,8 @@ class TopHead(nn.Module):
 def cut_features(model: nn.Module, inputs: dict, cut: str = "ffn") -> Tensor:
     """The features at ``cut`` as a differentiable function of the model's inputs, ``(B, H)`` on
     the model's device, in the model's dtype: what :func:`compute_features` caches, without its
-    ``no_grad`` (so ``torch.func.jvp`` can carry a tangent from the embeddings up to the cut).
+    ``no_grad`` (so derivatives with respect to the embeddings reach the cut: see
+    :meth:`hf_pairdots.influence.CachedTopObjective.saliency_gradients`).
     ``inputs``: the model's keyword inputs, already on its device. Cost: one forward pass, the
     last feed-forward block on position 0 only."""
     _, last, pooler, _ = _bert_parts(model)
