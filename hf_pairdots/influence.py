@@ -13,7 +13,8 @@ changes m by about -I/n. H is the Hessian of the mean training loss over the cho
 * :func:`saliency_measurement_gradient`: ∇θ w_y(e) of Eq. 5 (double backward through Eq. 2);
   :meth:`Objective.saliency_gradients` picks the cheapest exact route (for cached-top θ_S, one
   Jacobian-vector product below the cut).
-* :func:`compute_s_test`: s_test by LiSSA / CG / exact (App. B).
+* :func:`compute_s_test`: s_test by LiSSA / CG / exact / low rank (App. B); the default
+  ``solver="auto"`` is settled by :func:`choose_solver`.
 * :func:`train_influence`: I(z_i, m) for every training example (Eq. 4/5), streamed.
 * :func:`perturbation_influence`: I(z, z̃, m) = I(z̃, m) - I(z, m) (Eq. 6-7).
 * :func:`word_influence`: I(x_t, m) = I(z, m) - I(z̃(t, UNK), m) for each word (Eq. 8).
@@ -46,8 +47,9 @@ from . import ihvp
 from .arguments import SolverOptions
 from .autograd import ParameterSet, directional_derivatives, hvp, select_parameters
 from .features import CUTS, TopHead, compute_features, cut_features, first_position_only, supports_top_head
-from .saliency import (INPUT_KEYS, _check_labels, _sequence_length, embedding_gradient, encode_words, find_embedding_block, label_score,
-                       model_device, model_inputs, suspend_input_require_grads, token_saliency)
+from .saliency import (INPUT_KEYS, _check_labels, _sequence_length, embedding_gradient, encode_words,
+                       find_embedding_block, label_score, model_device, model_inputs, suspend_input_require_grads,
+                       token_saliency)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +225,8 @@ class CachedTopObjective(Objective):
                 for s in range(0, len(buffer), BLOCK_ROWS)]
 
     def per_example_loss(self, theta: Tensor, batch: dict) -> Tensor:
-        return F.cross_entropy(self._logits(theta, batch["features"]), batch["labels"].to(self.device), reduction="none")
+        logits = self._logits(theta, batch["features"])
+        return F.cross_entropy(logits, batch["labels"].to(self.device), reduction="none")
 
     def _logits(self, theta: Tensor, features: Tensor) -> Tensor:
         named = {"model." + n: t for n, t in self.params.unflatten(theta).items()}
