@@ -16,7 +16,7 @@ create no tensor of their own, so their results live where their inputs do.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -215,13 +215,3 @@ def directional_derivatives(per_example_loss: Callable[[Tensor], Tensor], theta:
         return torch.func.jvp(per_example_loss, (theta,), (u,))[1]
 
     return torch.func.vmap(single)(s) if s.dim() == 2 else single(s)
-
-
-def per_example_gradients(per_example_loss: Callable[[Tensor], Tensor], theta: Tensor, batch_size: int) -> Iterable[Tensor]:
-    """Yield ∇θ L(z_i; θ), shape ``(P,)``, one example at a time (the reference route).
-
-    ``per_example_loss`` maps ``(P,)`` to ``(B,)``; example i's gradient is the gradient of
-    entry i. Cost: B backward passes; memory: one ``(P,)`` vector at a time.
-    """
-    for i in range(batch_size):
-        yield torch.func.grad(lambda th, i=i: per_example_loss(th)[i])(theta)

@@ -10,7 +10,7 @@ HVPs for LiSSA). It is a pure function of
 
 so a rerun of the same explanation can read it back. Keys are sha256 hex digests of a canonical
 JSON of those parts (:func:`cache_key`); entries are safetensors files written atomically
-(temp file + ``os.replace``), so a reader never sees a partial file and concurrent writers of
+(:func:`hf_pairdots.io.atomic_write_file`), so a reader never sees a partial file and concurrent writers of
 one key simply replace each other's identical result. A file that cannot be read is a miss,
 and is removed.
 
@@ -34,7 +34,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from .autograd import ParameterSet
+from .io import atomic_write_file
 
 FORMAT_VERSION = "hf_pairdots-cache-v1"
 """Part of every key: bump it when what a cached tensor means changes."""
@@ -171,7 +171,7 @@ def cache_key(*parts) -> str:
 class STestCache:
     """A folder of ``<key>.safetensors`` files, one tensor (plus string metadata) per key.
 
-    Safe for several processes: :meth:`put` writes a temp file in the same folder and
+    Safe for several processes: :meth:`put` writes a temp file in the same folder, fsyncs it and
     ``os.replace``s it into place (atomic on POSIX and Windows), so :meth:`get` sees either
     no file or a whole one; a temp file left by a crashed writer is never read (its name is not
     a key). A file that fails to load (truncated, corrupt, wrong layout) counts as a miss and is
@@ -219,11 +219,6 @@ class STestCache:
         entry = self._load(key)
         return None if entry is None else entry[0]
 
-    def get_metadata(self, key: str) -> dict | None:
-        """The JSON metadata stored with ``key`` (e.g. solver diagnostics), or ``None`` on a miss."""
-        entry = self._load(key)
-        return None if entry is None else entry[1]
-
     def put(self, key: str, tensor: Tensor, metadata: dict | None = None) -> Path:
         """Store ``tensor`` (detached, moved to CPU) under ``key``, atomically; returns the path.
 
@@ -234,20 +229,8 @@ class STestCache:
 
         path = self.path(key)
         meta = {"metadata": json.dumps(metadata or {}, sort_keys=True), "format": FORMAT_VERSION}
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{key[:16]}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({_TENSOR: tensor.detach().cpu().contiguous().clone()}, tmp, metadata=meta)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        return path
+        tensors = {_TENSOR: tensor.detach().cpu().contiguous().clone()}
+        return atomic_write_file(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
     def __contains__(self, key: str) -> bool:
         return self.path(key).exists()

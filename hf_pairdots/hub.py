@@ -1,6 +1,7 @@
 """Augmented datasets on disk and on the Hugging Face Hub, with a dataset card.
 
-:func:`save_augmented` writes one folder, atomically (built next to it, then renamed in)::
+:func:`save_augmented` writes one folder, atomically (built next to it, then swapped in with
+:func:`hf_pairdots.io.atomic_replace_dir`)::
 
     <out_dir>/
       dataset_info.json, state.json, data-*.arrow    datasets.Dataset.save_to_disk (load_from_disk(out_dir))
@@ -13,12 +14,9 @@
 :class:`HubUnavailable`, which says that the local copy is complete; it never touches the local
 copy, so saving first and pushing second loses nothing.
 
-**The card** is rendered from the jinja2 template ``model_cards/dataset_card.md.j2`` (cards are
-what this project publishes; their templates live in ``model_cards/``). An installed wheel has no
-``model_cards/`` folder, so the package carries a byte-identical copy at
-``hf_pairdots/templates/dataset_card.md.j2`` (package data); :func:`card_template_path` prefers
-the repository's file when it exists, so edits to ``model_cards/`` take effect at once in a
-checkout, and a test keeps the two copies identical. The card has a YAML header (license,
+**The card** is rendered from the jinja2 template ``hf_pairdots/templates/dataset_card.md.j2``,
+package data read through ``importlib.resources`` (:func:`card_template_path`), so a checkout and
+an installed wheel render the same card. The card has a YAML header (license,
 ``task_categories: text-classification``, ``language: en``, tags, size, source data set), how
 the data was made (paper method, objective, parameters, seed, model), counts per objective,
 relation and stage, the columns, and citations of Meng et al. (2020), of the source data set
@@ -31,16 +29,21 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import datasets
 from jinja2 import Environment, StrictUndefined
 
 from .augment.dataset import check_labels, edit_counts
-from .augment.search import OBJECTIVE_GROUPS
+from .augment.goals import GOAL_GROUPS, GOALS, goal_group
+from .errors import HubUnavailable
+from .io import atomic_replace_dir
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 __all__ = [
     "CARD_TEMPLATE",
@@ -127,21 +130,6 @@ SOURCES = {
 }
 """Known source data sets: display name, Hub id, terms of use, BibTeX."""
 
-OBJECTIVE_DESCRIPTIONS = {
-    "attack_down": "↓I(z, w_y): edits that lower the saliency of the word the model attends to for the gold "
-                   "label y (Eq. 9, synonyms only)",
-    "attack_up": "↑I(z, w_y'): edits that raise the saliency, for a wrong label y', of the word it would "
-                 "attend to (Eq. 10, synonyms only)",
-    "attack_combined": "Combined (Table 4): ↓I(z, w_y) and ↑I(z, w_y') edits alternated per query "
-                       "(synonyms only)",
-    "fix_up": "↑I(z, w_y): edits that raise the saliency for the gold label y of a misclassified example "
-              "(Sec. 4.3, synonyms and antonyms)",
-    "fix_down": "↓I(z, w_y'): edits that lower the saliency for the wrongly predicted label y' "
-                "(Sec. 4.3, synonyms and antonyms)",
-    "fix": "↑I(z, w_y) and ↓I(z, w_y') edits alternated per misclassified query (Sec. 4.3, synonyms and "
-           "antonyms)",
-}
-
 COLUMN_MEANINGS = {
     "text": "the text; in edited rows, the training text with one word substituted",
     "label": "the training label (kept on edits, as in the paper, unless `label_flipped`)",
@@ -149,7 +137,7 @@ COLUMN_MEANINGS = {
     "edited": "True for rows made by the search, False for untouched training rows",
     "source_train_index": "row of the training set (as subsampled, when it was) that was edited",
     "query_index": "row of the query split whose explanation asked for the edit",
-    "objective": "search objective: attack_down, attack_up, fix_up or fix_down",
+    "objective": f"search objective: {', '.join(list(GOALS)[:-1])} or {list(GOALS)[-1]}",
     "position": "index of the substituted whitespace word",
     "char_start": "start of the substituted word in the original text (characters)",
     "char_end": "end of the substituted word in the original text (characters)",
@@ -164,11 +152,6 @@ COLUMN_MEANINGS = {
 }
 
 
-class HubUnavailable(RuntimeError):
-    """The Hugging Face Hub cannot be reached (offline mode or no connection); the message says
-    where the complete local copy is."""
-
-
 @dataclass
 class CardInfo:
     """What the dataset card says about how the data was made.
@@ -177,7 +160,7 @@ class CardInfo:
         source: the data spec the training set came from (Hub id or local path, see
             :mod:`hf_pairdots.data`).
         model: the classifier whose explanations guided the edits (folder or Hub id).
-        objective: a key of :data:`~hf_pairdots.augment.search.OBJECTIVE_GROUPS`.
+        objective: a key of :data:`~hf_pairdots.augment.goals.GOAL_GROUPS`.
         seed: the search seed.
         parameters: further settings shown in the card's table (T, max_candidates, top_k,
             per_query, solver, damping, antonym_label, ...).
@@ -201,27 +184,25 @@ class CardInfo:
     baseline: bool = False
 
     def __post_init__(self):
-        if self.objective not in OBJECTIVE_GROUPS:
-            raise ValueError(f"CardInfo.objective={self.objective!r}: use one of {list(OBJECTIVE_GROUPS)}")
+        if self.objective not in GOAL_GROUPS:
+            raise ValueError(f"CardInfo.objective={self.objective!r}: use one of {list(GOAL_GROUPS)}")
 
     @classmethod
     def from_dict(cls, data: dict) -> CardInfo:
         return cls(**data)
 
 
-def card_template_path() -> Path:
-    """The card template: the repository's ``model_cards/`` copy when this package runs from a
-    checkout, else the copy packaged in ``hf_pairdots/templates/``.
+def card_template_path() -> Traversable:
+    """The dataset card template, ``templates/dataset_card.md.j2`` of the installed package
+    (``importlib.resources``; a ``pathlib.Path`` for a package on disk).
 
     Raises:
-        FileNotFoundError: neither exists (a broken install).
+        FileNotFoundError: the template is missing (a broken install).
     """
-    package = Path(__file__).resolve().parent
-    for path in (package.parent / "model_cards" / CARD_TEMPLATE, package / "templates" / CARD_TEMPLATE):
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"{CARD_TEMPLATE} is neither in {package.parent / 'model_cards'} nor in "
-                            f"{package / 'templates'}; reinstall hf_pairdots")
+    template = files("hf_pairdots") / "templates" / CARD_TEMPLATE
+    if not template.is_file():
+        raise FileNotFoundError(f"{CARD_TEMPLATE} is missing from the hf_pairdots package data; reinstall hf_pairdots")
+    return template
 
 
 # --------------------------------------------------------------------------- source data
@@ -298,7 +279,8 @@ def render_card(dataset: datasets.Dataset, card_info: CardInfo | dict) -> str:
     source = source_info(info.source)
     counts = edit_counts(dataset)
     edited = sum(counts["objective"].values())
-    replace = info.objective.startswith("attack")
+    group = goal_group(info.objective)
+    replace = group.replace
     untouched = len(dataset) - edited
     pretty_name = info.pretty_name or (
         f"{source['name'].split(' (')[0]}: Pair-the-Dots {info.objective} edits"
@@ -346,7 +328,7 @@ def render_card(dataset: datasets.Dataset, card_info: CardInfo | dict) -> str:
                  f"budget as the Pair-the-Dots `{info.objective}` edits (a control)."),
         source=info.source, source_name=source["name"], train_split=info.train_split,
         query_split=info.query_split, model=info.model, objective=info.objective,
-        objective_description=OBJECTIVE_DESCRIPTIONS[info.objective], num_rows=len(dataset),
+        objective_description=group.description, num_rows=len(dataset),
         num_edited=edited, num_untouched=untouched, version=_version(), baseline=info.baseline,
         num_sampled=info.parameters.get("num_sampled", 5), mode_description=mode, label_rule=label_rule,
         parameters=parameters, counts=counts, columns=columns, label_names=labels.names,
@@ -366,7 +348,8 @@ def _looks_like_ours(folder: Path) -> bool:
 
 def save_augmented(dataset: datasets.Dataset, out_dir: str | os.PathLike, card_info: CardInfo | dict) -> Path:
     """Write ``dataset`` to ``out_dir``: ``save_to_disk`` files, ``data.parquet`` and the
-    ``README.md`` card, atomically (built in a sibling temp folder, then renamed in).
+    ``README.md`` card, atomically (built in a sibling temp folder, then swapped in with rollback:
+    :func:`hf_pairdots.io.atomic_replace_dir`).
 
     Args:
         dataset: an edits dataset or a training set with edits applied
@@ -386,27 +369,10 @@ def save_augmented(dataset: datasets.Dataset, out_dir: str | os.PathLike, card_i
     if out.exists() and any(out.iterdir()) and not _looks_like_ours(out):
         raise FileExistsError(f"{out} exists and is not an augmented dataset folder; choose another folder")
     text = render_card(dataset, card_info)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    old = out.with_name(f".{out.name}.old")
-    try:
+    with atomic_replace_dir(out) as tmp:
         dataset.save_to_disk(str(tmp))
         dataset.to_parquet(str(tmp / PARQUET_NAME))
         (tmp / CARD_NAME).write_text(text, encoding="utf-8")
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            try:
-                os.replace(tmp, out)
-            except BaseException:
-                os.replace(old, out)  # put the previous copy back
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -10,7 +10,7 @@ then ``train_influence`` once per repeat) and compare the top-k sets. Pure funct
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import combinations
 
 import torch
@@ -54,17 +54,3 @@ def topk_overlap(score_matrix_per_repeat: Sequence[Tensor], k: int) -> list[floa
         jaccard = [len(tops[a][q] & tops[b][q]) / len(tops[a][q] | tops[b][q]) for a, b in pairs]
         out.append(sum(jaccard) / len(jaccard))
     return out
-
-
-def repeat_topk_overlap(repeats: Tensor, score: Callable[[Tensor], Tensor], k: int) -> list[float]:
-    """:func:`topk_overlap` from the per-repeat solutions of ``lissa(..., keep_repeats=True)``.
-
-    Args:
-        repeats: ``(R, Q, P)``, ``diagnostics["repeats"]``.
-        score: ``(Q, P) s_test -> (Q, N)`` training scores, e.g.
-            ``lambda s: train_influence(objective, data, s)``.
-        k: top-k size.
-
-    Cost: R calls of ``score`` (each one forward-mode pass over the training set).
-    """
-    return topk_overlap([score(repeats[r]) for r in range(repeats.shape[0])], k)

@@ -23,17 +23,16 @@ _SET_OFFLINE = "HF_HUB_OFFLINE" not in os.environ and not os.environ.get("PAIRDO
 if _SET_OFFLINE:  # CPU defaults are offline; --paper-scale lifts it (bert-base-uncased comes from the Hub)
     os.environ["HF_HUB_OFFLINE"] = "1"
 
+from hf_pairdots.augment.goals import GOAL_GROUPS  # noqa: E402  (imports nothing from the Hub)
+from hf_pairdots.io import atomic_write_text  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 CARD_TEMPLATE = REPO / "model_cards" / "model_card.md.j2"
 TINY = "tiny"
 
-OBJECTIVE_TITLES = {
-    "attack_down": "↓I(z, w_y)",
-    "attack_up": "↑I(z, w_y')",
-    "attack_combined": "combined",
-    "fix": "fix (↑I(z, w_y) / ↓I(z, w_y'))",
-}
+OBJECTIVE_TITLES = {name: group.title for name, group in GOAL_GROUPS.items()}
+"""Objective -> its short title in tables, plots and cards (from the edit-goal table)."""
 
 
 # --------------------------------------------------------------------------- config
@@ -182,9 +181,7 @@ class Results:
 
     def put(self, objective: str, k: int, seed: int, metrics: dict) -> None:
         self.data[setting_key(objective, k, seed)] = {**metrics, "objective": objective, "k": k, "seed": seed}
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True))
-        tmp.replace(self.path)
+        atomic_write_text(self.path, json.dumps(self.data, indent=2, sort_keys=True))
 
     def values(self, objective: str, k: int, metric: str) -> list[float]:
         return [r[metric] for r in self.data.values() if r["objective"] == objective and r["k"] == k and metric in r]

@@ -299,14 +299,6 @@ def test_out_of_range_labels_are_rejected_before_writing(tmp_path):
 # ---------------------------------------------------------------------------------- card
 
 
-def test_card_template_copies_are_identical():
-    repo = Path(hub.__file__).resolve().parents[1]
-    canonical = repo / "model_cards" / hub.CARD_TEMPLATE
-    packaged = Path(hub.__file__).resolve().parent / "templates" / hub.CARD_TEMPLATE
-    assert canonical.read_bytes() == packaged.read_bytes()
-    assert hub.card_template_path() == canonical
-
-
 def test_card_renders_every_field(lexicon, tmp_path):
     folder = tmp_path / "sst_copy"
     folder.mkdir()

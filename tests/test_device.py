@@ -38,11 +38,11 @@ from hf_pairdots.explain import Explainer, Query, predict_proba
 from hf_pairdots.features import compute_features
 from hf_pairdots.influence import (CachedTopObjective, FullModelObjective, compute_s_test, full_hvp,
                                    loss_measurement_gradient, make_objective, perturbation_influence, prepare_data,
-                                   saliency_measurement_gradient, tokenize, train_influence,
-                                   train_influence_by_gradients, word_influence)
+                                   saliency_measurement_gradient, tokenize, train_influence, word_influence)
 from hf_pairdots.models import tiny_bert
 from hf_pairdots.saliency import embedding_gradient, encode_words, model_device, model_inputs, saliency
 from hf_pairdots.training import accuracy
+from testing_utils import train_influence_by_gradients
 
 fake_tensor = pytest.importorskip("torch._subclasses.fake_tensor")
 fake_impls = pytest.importorskip("torch._subclasses.fake_impls")
@@ -53,6 +53,13 @@ META = torch.device("meta")
 TRAIN = ["a good movie", "a bad movie", "great fun", "boring and slow", "the plot was great", "awful acting"]
 LABELS = [1, 0, 1, 0, 1, 0]
 SOLVER = dict(damping=1.0, scale=10.0, depth=2, batch_size=2)  # fixed λ, σ: no ARPACK (needs real values)
+
+
+@pytest.fixture
+def fixed_lanczos(monkeypatch):
+    """The Lanczos estimate of λ_min that checks a user-set damping needs real values (ARPACK),
+    which fake tensors lack: it is stubbed here with λ_min = 0, λ_max = 1."""
+    monkeypatch.setattr(ihvp, "extreme_eigenvalues", lambda *args, **kwargs: (0.0, 1.0))
 
 
 @contextlib.contextmanager
@@ -173,7 +180,7 @@ def test_features_of_a_cpu_batch(meta_model, tok):
 
 
 @pytest.mark.parametrize("solver", [dict(solver="lissa", repeat=2, keep_repeats=True), dict(solver="exact")])
-def test_s_test_and_scores(meta_model, tok, solver):
+def test_s_test_and_scores(meta_model, tok, solver, fixed_lanczos):
     """s_test (and the per-repeat solutions) on the model's device, every score on the CPU,
     whatever device the inputs come from."""
     with strict_meta():
@@ -217,7 +224,7 @@ def test_edit_search(meta_model, tok, lexicon):
 # The explanation, end to end (what PairDotsCallback runs at the end of training)
 # ---------------------------------------------------------------------------------------------
 
-def test_explainer_records_are_plain_json(meta_model, tok, lexicon):
+def test_explainer_records_are_plain_json(meta_model, tok, lexicon, fixed_lanczos):
     args = ExplainArguments(queries="all", top_k=2, max_length=16, batch_size=2, edit="fix", edit_top_k=1,
                             num_sampled=1, max_candidates=2, eraser="zero",
                             solver=SolverOptions(**SOLVER, repeat=2))
@@ -230,7 +237,7 @@ def test_explainer_records_are_plain_json(meta_model, tok, lexicon):
     json.dumps(records)  # no tensor (of any device) inside
 
 
-def test_explain_dataset_on_the_models_device(meta_model, tok, tmp_path):
+def test_explain_dataset_on_the_models_device(meta_model, tok, tmp_path, fixed_lanczos):
     """What the callback calls at ``on_train_end``, with the model where the Trainer left it."""
     train = datasets.Dataset.from_dict({"text": TRAIN, "label": LABELS})
     dev = datasets.Dataset.from_dict({"text": ["a good fun movie", "a dull plot"], "label": [0, 1]})

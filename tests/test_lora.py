@@ -35,10 +35,10 @@ from hf_pairdots.influence import (
     saliency_measurement_gradient,
     tokenize,
     train_influence,
-    train_influence_by_gradients,
 )
 from hf_pairdots.models import tiny_bert
 from hf_pairdots.saliency import encode_words, find_embedding_block, model_inputs, saliency
+from testing_utils import train_influence_by_gradients
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

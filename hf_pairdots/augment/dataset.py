@@ -4,11 +4,11 @@ edits applied (Sec. 4.2-4.3 of Meng et al., 2020).
 Where the edits come from: explanation records written with ``ExplainArguments(edit=...)``
 (:mod:`hf_pairdots.explain`). In every record, each explained label row carries its top-k
 training examples, and each of those carries the edit the two-stage search proposed for that
-row's objective (gold row y: ``attack_down`` / ``fix_up``; row of a wrong label y':
-``attack_up`` / ``fix_down``).
+row's goal (:meth:`~hf_pairdots.augment.goals.EditGoal.for_role`; gold row y: ``attack_down`` /
+``fix_up``; row of a wrong label y': ``attack_up`` / ``fix_down``).
 
 :func:`collect_edits` picks up to ``per_query`` edits per query for a dataset-level objective
-(:data:`~hf_pairdots.augment.search.OBJECTIVE_GROUPS`): one search objective, or two alternated
+(:data:`~hf_pairdots.augment.goals.GOAL_GROUPS`): one edit goal, or two alternated
 rank by rank (``attack_combined``: down #1, up #1, down #2, ...; ``fix``: up #1, down #1, ...).
 Rules, each a choice:
 
@@ -44,8 +44,9 @@ from dataclasses import dataclass, field
 import datasets
 import torch
 
+from .goals import GOALS, goal_group
 from .lexicon import Lexicon
-from .search import OBJECTIVE_GROUPS, OBJECTIVES, random_edit
+from .search import random_edit
 
 __all__ = [
     "ANTONYM_LABEL_RULES",
@@ -55,7 +56,6 @@ __all__ = [
     "check_labels",
     "collect_edits",
     "edit_counts",
-    "edits_dataset",
     "explain_labels",
     "explain_mode",
     "random_baseline",
@@ -91,21 +91,23 @@ ANTONYM_LABEL_RULES = ("keep", "flip")
 
 def explain_mode(objective: str) -> str:
     """``"attack"`` or ``"fix"``: the ``ExplainArguments.edit`` that proposes edits for a
-    dataset-level objective."""
-    return "attack" if OBJECTIVES[_group(objective)[0]].replace else "fix"
+    dataset-level objective (:attr:`~hf_pairdots.augment.goals.GoalGroup.mode`).
+
+    Raises:
+        ValueError: ``objective`` is not a key of :data:`~hf_pairdots.augment.goals.GOAL_GROUPS`.
+    """
+    return goal_group(objective).mode
 
 
 def explain_labels(objective: str) -> tuple[str, ...]:
     """The ``ExplainArguments.labels`` a dataset-level objective needs, gold first (so that a
-    correctly classified query, whose predicted label is its gold label, gets its gold row)."""
-    roles = {OBJECTIVES[name].role for name in _group(objective)}
-    return tuple(role for role in ("gold", "predicted") if role in roles)
+    correctly classified query, whose predicted label is its gold label, gets its gold row;
+    :attr:`~hf_pairdots.augment.goals.GoalGroup.labels`).
 
-
-def _group(objective: str) -> tuple[str, ...]:
-    if objective not in OBJECTIVE_GROUPS:
-        raise ValueError(f"objective {objective!r}: use one of {list(OBJECTIVE_GROUPS)}")
-    return OBJECTIVE_GROUPS[objective]
+    Raises:
+        ValueError: ``objective`` is not a key of :data:`~hf_pairdots.augment.goals.GOAL_GROUPS`.
+    """
+    return goal_group(objective).labels
 
 
 def check_labels(dataset: datasets.Dataset, column: str = "label") -> datasets.ClassLabel:
@@ -152,7 +154,7 @@ def _candidates(record: dict, wanted: Sequence[str], reasons: Counter):
     lists = {name: [] for name in wanted}
     gold = record.get("gold")
     for entry in record["labels"]:
-        name = next((n for n in wanted if OBJECTIVES[n].role == entry["role"]), None)
+        name = next((n for n in wanted if GOALS[n].role == entry["role"]), None)
         if name is None:
             continue
         if (gold is not None and entry["label"] == gold) != (entry["role"] == "gold"):
@@ -161,7 +163,7 @@ def _candidates(record: dict, wanted: Sequence[str], reasons: Counter):
         lists[name].extend(entry["top_train"])
     for name in wanted:
         if not lists[name]:
-            reasons[f"no {OBJECTIVES[name].role} row for {name}"] += 1
+            reasons[f"no {GOALS[name].role} row for {name}"] += 1
     for rank in range(max((len(x) for x in lists.values()), default=0)):
         for name in wanted:
             if rank < len(lists[name]):
@@ -179,7 +181,7 @@ def collect_edits(records: Iterable[dict], train: datasets.Dataset, objective: s
             against ``train``; taken in ``query_index`` order.
         train: the training set the records were explained against (``text`` and a ``label``
             ``ClassLabel``); its other columns are carried over.
-        objective: a key of :data:`~hf_pairdots.augment.search.OBJECTIVE_GROUPS`.
+        objective: a key of :data:`~hf_pairdots.augment.goals.GOAL_GROUPS`.
         per_query: k, the edited examples wanted per query (Table 4's "# Examples").
         seed: the search seed, recorded in the ``seed`` column.
         antonym_label: ``"keep"`` (the paper) or ``"flip"`` (binary tasks).
@@ -192,7 +194,8 @@ def collect_edits(records: Iterable[dict], train: datasets.Dataset, objective: s
     if not isinstance(train, datasets.Dataset):
         raise TypeError("collect_edits/edits_dataset take the training Dataset the records were explained against, "
                         f"not {type(train).__name__}: edits_dataset(records, train, 'fix', per_query=k, seed=s)")
-    wanted = _group(objective)
+    group = goal_group(objective)
+    wanted = group.goals
     if per_query < 1:
         raise ValueError(f"per_query={per_query}: must be >= 1")
     if antonym_label not in ANTONYM_LABEL_RULES:
@@ -200,7 +203,7 @@ def collect_edits(records: Iterable[dict], train: datasets.Dataset, objective: s
     labels = check_labels(train)
     if antonym_label == "flip" and labels.num_classes != 2:
         raise ValueError(f"antonym_label='flip' needs a binary task; {labels.names} has {labels.num_classes} labels")
-    replace = OBJECTIVES[wanted[0]].replace
+    replace = group.replace
     texts, train_labels = train["text"], train["label"]
     rows, shortfalls, seen, used = [], [], set(), set()
     for record in sorted(records, key=lambda r: r["query_index"]):
@@ -315,7 +318,7 @@ def apply_edits(train: datasets.Dataset, edits: datasets.Dataset, *, mode: str |
         raise ValueError(f"label names differ: train {labels.names}, edits {edit_labels.names}")
     features = _features(train.features)
     if mode is None:
-        kinds = {OBJECTIVES[name].replace for name in set(edits["objective"])}
+        kinds = {GOALS[name].replace for name in set(edits["objective"])}
         if len(kinds) > 1:
             raise ValueError("the edits mix attack (replace) and fixing (add) objectives; pass mode=")
         mode = "replace" if kinds == {True} else "add"

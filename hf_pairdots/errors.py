@@ -1,0 +1,53 @@
+"""The named errors of hf_pairdots, under one base class.
+
+Catch :class:`PairDotsError` for any of them. Each error also keeps the built-in base it had
+before it moved here (all are ``RuntimeError``), so ``except RuntimeError`` goes on working, and
+each stays importable from the module that raises it (``hf_pairdots.saliency.SaliencyError``,
+...). Bad arguments are ``ValueError``/``TypeError`` as usual, not listed here; every message
+names the option to change and how.
+
+- :class:`SaliencyError` (:mod:`hf_pairdots.saliency`): no embedding block to take ∂S/∂e at;
+- :class:`LissaDivergenceError` (:mod:`hf_pairdots.ihvp`): the LiSSA recursion diverged;
+- :class:`WordNetUnavailable` (:mod:`hf_pairdots.augment.lexicon`): nltk's WordNet is missing;
+- :class:`HubUnavailable` (:mod:`hf_pairdots.hub`): the Hugging Face Hub cannot be reached;
+- :class:`IncompatibleRunError`: an output folder holds records made with other options.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "HubUnavailable",
+    "IncompatibleRunError",
+    "LissaDivergenceError",
+    "PairDotsError",
+    "SaliencyError",
+    "WordNetUnavailable",
+]
+
+
+class PairDotsError(Exception):
+    """Base class of every named hf_pairdots error."""
+
+
+class SaliencyError(PairDotsError, RuntimeError):
+    """Saliency cannot be computed for this model (no embedding layer could be found)."""
+
+
+class LissaDivergenceError(PairDotsError, RuntimeError):
+    """The LiSSA recursion grew past its bound or became non-finite; the message says whether to
+    raise ``scale`` or ``damping``."""
+
+
+class WordNetUnavailable(PairDotsError, RuntimeError):
+    """WordNet for nltk is missing or unreadable; the message names the ways to get it."""
+
+
+class HubUnavailable(PairDotsError, RuntimeError):
+    """The Hugging Face Hub cannot be reached (offline mode or no connection); the message says
+    where the complete local copy is."""
+
+
+class IncompatibleRunError(PairDotsError, RuntimeError):
+    """An output folder already holds records made with other options, so appending to it would
+    mix two runs; the message names the options that differ and says to choose another folder
+    or rerun with the saved options."""
