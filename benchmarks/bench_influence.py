@@ -124,8 +124,8 @@ def main(argv=None) -> None:
                                SolverOptions(solver="lowrank")),
                               ("low-rank closed form (rank 50, lowrank_refine=False)",
                                SolverOptions(solver="lowrank", lowrank_refine=False))):
-            (solver, _), t_eig = timed(lambda: resolve_damping_scale(objective, prepared, options))
-            result, t = timed(lambda: compute_s_test(objective, prepared, v, solver))
+            (solver, estimates), t_eig = timed(lambda: resolve_damping_scale(objective, prepared, options))
+            result, t = timed(lambda: compute_s_test(objective, prepared, v, solver, eigenvalues=estimates))
             damping = result.diagnostics["damping"]
             if damping not in references:  # the exact answer at the same damping: CG to 1e-6
                 references[damping] = compute_s_test(objective, prepared, v, SolverOptions(

@@ -2,6 +2,7 @@
 
     pairdots wordnet --install            # prepare WordNet for nltk offline
     pairdots explain MODEL_DIR --data SPEC --split validation --out DIR
+    pairdots explain MODEL_DIR --data SPEC --suspicious 20 --out DIR   # + suspicious training examples
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import sys
 
 from .arguments import SOLVERS
+from .augment.goals import EDIT_MODES, GOAL_GROUPS
 
 
 def _wordnet(a) -> int:
@@ -34,7 +36,7 @@ def _explain(a) -> int:
     if a.train_size:
         train = subsample(train, a.train_size, a.seed)
     args = ExplainArguments(queries=a.queries, max_queries=a.max_queries, top_k=a.top_k, params=a.params,
-                            max_length=a.max_length, edit=a.edit, seed=a.seed,
+                            max_length=a.max_length, edit=a.edit, seed=a.seed, suspicious=a.suspicious,
                             solver=SolverOptions(solver=a.solver, depth=a.depth, seed=a.seed))
     tokenizer = load_tokenizer(a.model)
     summary = explain_dataset(load_classifier(a.model), tokenizer, train, data[a.split], args, a.out,
@@ -139,7 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-length", type=int, default=128)
     e.add_argument("--solver", default="auto", choices=SOLVERS)
     e.add_argument("--depth", type=int, default=200)
-    e.add_argument("--edit", default=None, choices=["fix", "attack"])
+    e.add_argument("--edit", default=None, choices=list(EDIT_MODES))
+    e.add_argument("--suspicious", type=int, default=0, metavar="N",
+                   help="also list the N training examples the model finds most suspicious (largest self-influence "
+                        "over the classifier; often mislabelled) in suspicious.json and the report (0 = off)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", required=True)
     e.set_defaults(func=_explain)
@@ -148,8 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "augmented training set with a dataset card")
     g.add_argument("model", help="trained model folder or Hub id")
     g.add_argument("--data", required=True, help="dataset spec (see hf_pairdots.data)")
-    g.add_argument("--objective", required=True,
-                   choices=["fix", "fix_up", "fix_down", "attack_down", "attack_up", "attack_combined"])
+    g.add_argument("--objective", required=True, choices=list(GOAL_GROUPS))
     g.add_argument("--queries", default=None,
                    help="all | misclassified | N (the first N); default: all for attacks, misclassified for fix")
     g.add_argument("--split", default=None, help="query split (default: test for attacks, validation for fix)")

@@ -44,13 +44,15 @@ from tqdm.auto import tqdm
 
 from .arguments import ExplainArguments
 from .augment.lexicon import Lexicon, ensure_wordnet
-from .augment.search import OBJECTIVES, search_edit
+from .augment.goals import EditGoal
+from .augment.search import search_edit
 from .cache import STestCache, cache_key, fingerprint_model, fingerprint_tensor, fingerprint_texts
 from .distributed import broadcast_object, broadcast_tensor, is_main_process, sharded_train_influence
 from .features import first_position_only
 from .influence import (compute_s_test, eval_mode, lowrank_hessian, make_objective, prepare_data, resolve_damping_scale,
                         prepare_word_variants, word_influence)
-from .saliency import encode_words, find_embedding_block, model_device, model_inputs, saliency
+from .saliency import (autocast_disabled, encode_words, find_embedding_block, model_device, model_inputs, saliency,
+                       unscorable_texts, word_encoding)
 from .stability import topk_overlap
 
 RESIDUAL_EXAMPLES = 256
@@ -77,7 +79,8 @@ class SolvedRows:
 
     Attributes:
         x: ``(Q, P)`` s_test = (H + λI)⁻¹ ∇θ m per row, on the model's device.
-        scores: ``(Q, n)`` I(z_i, m) (Eq. 5; positive: up-weighting z_i raises m), on the CPU.
+        scores: ``(Q, n)`` I(z_i, m) (Eq. 5; positive: up-weighting z_i raises m), on the CPU, over
+            the n training rows the Explainer kept: column j is dataset row ``train_rows[j]``.
         repeat_scores: ``(R, Q, n)`` the same scores from each LiSSA repeat's s_test (LiSSA with
             ``repeat > 1``, on the CPU), else ``None``.
         meta: per row, the JSON metadata stored with its s_test: ``relative_residual`` (float),
@@ -94,6 +97,7 @@ class SolvedRows:
 
 
 @torch.no_grad()
+@autocast_disabled()
 def predict_proba(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_size: int = 64,
                   max_length: int = 128, show_progress: bool = False) -> torch.Tensor:
     """Class probabilities ``(N, num_labels)`` in the order of ``texts``, float32 on the CPU;
@@ -102,7 +106,9 @@ def predict_proba(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_si
     The forward passes run on the model's device, over batches of texts of similar length (sorted
     by word count, so little padding), the last feed-forward block on position 0 only for the
     BERT family (:func:`~hf_pairdots.features.first_position_only`), in eval mode (the model's
-    train/eval mode is restored afterwards). Cost: N forward passes.
+    train/eval mode is restored afterwards) and in float32 even inside a caller's
+    ``torch.autocast`` region (:func:`~hf_pairdots.saliency.autocast_disabled`). Cost: N forward
+    passes.
     """
     order = sorted(range(len(texts)), key=lambda i: len(texts[i].split()))
     out = torch.empty(len(texts), model.config.num_labels)
@@ -110,7 +116,7 @@ def predict_proba(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_si
     with eval_mode(model), first_position_only(model):  # a model straight out of Trainer.train() is in train mode
         for start in tqdm(range(0, len(texts), batch_size), disable=not show_progress, desc="predict"):
             rows = order[start:start + batch_size]
-            enc, _, _ = encode_words(tokenizer, [texts[i] for i in rows], max_length)
+            enc, _ = word_encoding(tokenizer, [texts[i] for i in rows], max_length, rows=rows)
             out[rows] = model(**model_inputs(dict(enc), device)).logits.float().softmax(-1).cpu()
     return out
 
@@ -123,12 +129,21 @@ class Explainer:
             :func:`hf_pairdots.influence.influence_mode`), on any one device (its inputs,
             cached features, Hessian products and s_test are put there).
         tokenizer: its tokenizer.
-        train_texts, train_labels: the training set (the Hessian and the candidates).
+        train_texts, train_labels: the training set (the Hessian and the candidates). Rows in
+            which no word can be scored (empty or whitespace only, or every word deleted by the
+            tokenizer's normaliser: the model would see special tokens only) are left out of
+            both and listed in :attr:`skipped_train_rows`; records still give every training
+            example by its row here (``train_index``), and no skipped row gets a score.
         args: :class:`~hf_pairdots.arguments.ExplainArguments`.
         label_names: names of the labels (default ``model.config.id2label``).
 
+    Construction, :meth:`explain` and :meth:`solve` run in float32 even inside a caller's
+    ``torch.autocast`` region (:func:`~hf_pairdots.saliency.autocast_disabled`).
+
     Cost of construction: one forward pass over the training set (cached top features) and the
-    eigenvalue estimates for automatic damping/scale (about 2 x power_iters full-data HVPs);
+    eigenvalue estimates for automatic damping/scale, or for the definiteness check of a user-set
+    damping (except ``solver="exact"``, which checks its explicit Hessian), about 2 x power_iters
+    full-data HVPs (:func:`~hf_pairdots.influence.resolve_damping_scale`);
     with ``args.solver.cache_dir`` also one sha256 pass over the model's weights and the
     training texts (:func:`~hf_pairdots.cache.fingerprint_model`, 0.4 s for MiniLM-L6).
 
@@ -143,10 +158,19 @@ class Explainer:
     never a wrong hit; automatic damping is resolved again by each Explainer (deterministically for
     one machine and thread count), so identical setups share entries.
 
+    Attributes:
+        train_rows: the rows of ``train_texts`` that are scored, in order (the columns of
+            :attr:`SolvedRows.scores` and of the prepared data).
+        skipped_train_rows: ``[{"index": row, "reason": str}, ...]``, the rows left out.
+
     Raises:
         SaliencyError: the model has no embedding block (case C14), before any work.
+        ValueError: no training row can be scored, before any work.
+        IndefiniteHessianError: a user-set ``damping`` leaves H + λI indefinite (a ``ValueError``;
+            :func:`~hf_pairdots.ihvp.check_positive_definite`), before any query.
     """
 
+    @autocast_disabled()
     def __init__(self, model: nn.Module, tokenizer, train_texts: Sequence[str], train_labels: Sequence[int],
                  args: ExplainArguments, label_names: Sequence[str] | None = None, show_progress: bool = False):
         find_embedding_block(model)  # SaliencyError now rather than after the training-side work
@@ -154,9 +178,17 @@ class Explainer:
         self.train_texts, self.train_labels = list(train_texts), [int(y) for y in train_labels]
         self.label_names = list(label_names or [model.config.id2label[i] for i in range(model.config.num_labels)])
         self.show_progress = show_progress
+        self.skipped_train_rows = skipped_rows(tokenizer, self.train_texts, args.max_length)
+        skipped = {row["index"] for row in self.skipped_train_rows}
+        self.train_rows = [i for i in range(len(self.train_texts)) if i not in skipped]
+        if not self.train_rows:
+            raise ValueError(f"no training row can be scored ({_first_reasons(self.skipped_train_rows)}); give "
+                             "texts with at least one word the tokenizer keeps")
+        kept_texts = [self.train_texts[i] for i in self.train_rows]
+        kept_labels = [self.train_labels[i] for i in self.train_rows]
         self.objective = make_objective(model, args.params)
-        self.data = prepare_data(self.objective, tokenizer, self.train_texts, self.train_labels,
-                                 batch_size=args.batch_size, max_length=args.max_length)
+        self.data = prepare_data(self.objective, tokenizer, kept_texts, kept_labels, batch_size=args.batch_size,
+                                 max_length=args.max_length, rows=self.train_rows)
         self.lexicon = None
         self._variants: dict[int, dict] = {}  # training index -> its Eq. 8 variants, prepared
         if args.edit:
@@ -171,12 +203,13 @@ class Explainer:
             self.cache = STestCache(self.solver.cache_dir)
             self._key_parts = (
                 fingerprint_model(model, self.objective.params),
-                fingerprint_texts(self.train_texts, self.train_labels),
+                fingerprint_texts(kept_texts, kept_labels),  # the scored rows: the score columns
                 self.solver,  # resolved λ and σ; cache_key leaves out keep_repeats and cache_dir
                 {"params": args.params, "max_length": args.max_length, "batch_size": args.batch_size,
                  "objective": type(self.objective).__name__, "residual_examples": RESIDUAL_EXAMPLES},
             )
 
+    @autocast_disabled()
     def explain(self, queries: Sequence[Query]) -> list[dict]:
         """Explanation records (schema in docs/ARCHITECTURE.md) for ``queries``, in order.
 
@@ -196,11 +229,17 @@ class Explainer:
         see :func:`hf_pairdots.stability.topk_overlap`).
 
         Raises:
-            LissaDivergenceError, FloatingPointError: from :func:`~hf_pairdots.influence.compute_s_test`;
-                nothing is cached then.
+            ValueError: a query in which no word can be scored (empty, or every word deleted by
+                the tokenizer's normaliser), naming its ``index``, before any work.
+            LissaDivergenceError, IndefiniteHessianError, FloatingPointError: from
+                :func:`~hf_pairdots.influence.compute_s_test`; nothing is cached then.
         """
         if not queries:
             return []
+        bad = skipped_rows(self.tokenizer, [q.text for q in queries], self.args.max_length)
+        if bad:
+            raise ValueError(f"nothing to explain in query {_first_reasons(bad, [q.index for q in queries])}; "
+                             "leave such rows out (explain_dataset skips them)")
         texts = [q.text for q in queries]
         probs = predict_proba(self.model, self.tokenizer, texts, max_length=self.args.max_length)
         with first_position_only(self.model):  # saliency and ∇θ m read the logits only
@@ -208,7 +247,7 @@ class Explainer:
             v = self._measurement_gradients(rows)
         solved = self.solve(v)
         k = min(self.args.top_k, solved.scores.shape[1])
-        tops = [torch.topk(solved.scores[r], k) for r in range(len(rows))]
+        tops = [self._top_k(solved.scores[r], k) for r in range(len(rows))]
         overlap = (topk_overlap(list(solved.repeat_scores), k) if solved.repeat_scores is not None else None)
         per_word = self._word_influence(tops, solved.x)
         for r, row in enumerate(tqdm(rows, disable=not self.show_progress, desc="edits" if self.lexicon else "rows")):
@@ -219,6 +258,7 @@ class Explainer:
             records.append(self._record(q, probs[i], mine, self._diagnostics(mine, solved, overlap)))
         return records
 
+    @autocast_disabled()
     def solve(self, v: torch.Tensor) -> SolvedRows:
         """s_test and the Eq. 5 scores of every row of ``v`` (``(Q, P)``, rows ∇θ m), cache first.
 
@@ -255,8 +295,8 @@ class Explainer:
         missing = [r for r, entry in enumerate(found) if entry is None]
         if missing:
             options = dataclasses.replace(self.solver, keep_repeats=bool(self.repeats))
-            result = compute_s_test(self.objective, self.data, v[missing], options,
-                                    residual_examples=RESIDUAL_EXAMPLES, lowrank=self.lowrank)
+            result = compute_s_test(self.objective, self.data, v[missing], options, residual_examples=RESIDUAL_EXAMPLES,
+                                    lowrank=self.lowrank, eigenvalues=self.eigenvalues)
             # Several processes: s_test is solved on every rank and rank 0's copy kept, so every rank
             # scores with the same vector; the training pass is split by rank and gathered by id.
             solved = broadcast_tensor(result.x)
@@ -343,7 +383,7 @@ class Explainer:
         out = []
         for _, group in itertools.groupby(rows, key=lambda row: row["query"]):
             group = list(group)
-            enc, _, _ = encode_words(self.tokenizer, [group[0]["text"]], self.args.max_length)
+            enc, _ = word_encoding(self.tokenizer, [group[0]["text"]], self.args.max_length)
             ids = enc.word_ids(0)
             positions = [[p for p, w in enumerate(ids) if w == row["salient_word"]] for row in group]
             signs = [-1.0 if self.args.salient_by == "magnitude" and row["saliency"].scores[row["salient_word"]] < 0
@@ -353,11 +393,18 @@ class Explainer:
             out.append(grads * torch.tensor(signs, device=grads.device)[:, None])
         return torch.cat(out)
 
+    def _top_k(self, scores: torch.Tensor, k: int):
+        """The k largest of one row's ``(n,)`` training scores, ``indices`` mapped from the kept
+        rows to the rows of ``train_texts`` (:attr:`train_rows`)."""
+        values, positions = torch.topk(scores, k)
+        return torch.return_types.topk((values, torch.as_tensor(self.train_rows)[positions]))
+
     def _word_influence(self, tops, s_test: torch.Tensor) -> dict[tuple[int, int], torch.Tensor]:
         """Eq. 8 scores ``(W,)`` keyed by (row, training index). Each training example's erased
         variants are prepared once per Explainer (one forward pass over W + 1 examples) and
         reused by every row and every later chunk whose top-k holds it: dev errors share many
-        responsible examples. Memory: at most N x (W + 1) x H floats (cached-top objectives)."""
+        responsible examples. Memory: at most N x (W + 1) x H floats (cached-top objectives).
+        Training indices are rows of ``train_texts`` (``tops`` from :meth:`_top_k`)."""
         rows_of: dict[int, list[int]] = {}
         for r, top in enumerate(tops):
             for index in top.indices.tolist():
@@ -379,12 +426,12 @@ class Explainer:
         for rank, (influence, index) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
             text, label = self.train_texts[index], self.train_labels[index]
             per_word = per_word_of[(r, index)]
-            _, _, [cut] = encode_words(self.tokenizer, [text], self.args.max_length)
-            kept = len(text.split()) - cut
-            word_scores = [float(x) if t < kept else None for t, x in enumerate(per_word.tolist())]
+            scored = set(self._variants[index]["word_index"])  # the words Eq. 8 erased (have a token)
+            values = per_word.tolist()
+            word_scores = [x if t in scored else None for t, x in enumerate(values)]
             entry = {"train_index": index, "text": text, "label": label, "label_name": self.label_names[label],
                      "influence": influence, "words": text.split(), "word_influence": word_scores,
-                     "responsible_word": int(per_word[:kept].argmax())}
+                     "responsible_word": max(sorted(scored), key=values.__getitem__)}
             if self.lexicon is not None and rank < edit_top_k:
                 entry["edit"] = self._edit(text, label, s_test, role, per_word, index)
             out.append(entry)
@@ -393,10 +440,10 @@ class Explainer:
     def _edit(self, text: str, label: int, s_test: torch.Tensor, role: str, per_word: torch.Tensor,
               index: int) -> dict:
         """The proposed edit of one training example, as a JSON-ready dict (``reason`` when none)."""
-        name = {("fix", "gold"): "fix_up", ("fix", "predicted"): "fix_down",
-                ("attack", "gold"): "attack_down", ("attack", "predicted"): "attack_up"}[(self.args.edit, role)]
+        goal = EditGoal.for_role(self.args.edit, role)
+        name = goal.name
         generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + index)
-        result = search_edit(self.objective, self.tokenizer, self.lexicon, text, label, s_test, OBJECTIVES[name],
+        result = search_edit(self.objective, self.tokenizer, self.lexicon, text, label, s_test, goal,
                              num_sampled=self.args.num_sampled, max_candidates=self.args.max_candidates,
                              generator=generator, eraser=self.args.eraser, max_length=self.args.max_length,
                              word_scores=per_word)
@@ -439,3 +486,16 @@ def _row_metadata(diagnostics: dict, num_rows: int) -> list[dict]:
             row["repeat_relative_spread"] = float(diagnostics["repeat_relative_spread_per_query"][j])
         out.append(row)
     return out
+
+
+def skipped_rows(tokenizer, texts: Sequence[str], max_length: int) -> list[dict]:
+    """``[{"index": i, "reason": str}, ...]`` for the texts in which no word can be scored
+    (:func:`~hf_pairdots.saliency.unscorable_texts`): the rows the Explainer leaves out."""
+    return [{"index": i, "reason": reason} for i, reason in unscorable_texts(tokenizer, texts, max_length).items()]
+
+
+def _first_reasons(rows: list[dict], names: Sequence[int] | None = None, limit: int = 3) -> str:
+    """"row 0: empty ..., row 4: ..." for the first ``limit`` skipped rows (``names``: the row
+    index to print for each position)."""
+    shown = [f"row {row['index'] if names is None else names[row['index']]}: {row['reason']}" for row in rows[:limit]]
+    return ", ".join(shown) + (f" and {len(rows) - limit} more" if len(rows) > limit else "")

@@ -13,6 +13,17 @@ Every solver takes the Hessian only through products: ``hvp(V) -> H V`` for ``V`
 :func:`extreme_eigenvalues` and :func:`auto_damping_scale` choose λ and σ so that LiSSA converges
 on the indefinite Hessians of fine-tuned transformers (case C01).
 
+Definiteness: (H + λI) x = v has a meaningful solution for influence only when H + λI is
+positive definite; along an eigenvector with λ_i + λ < 0 the solve flips the sign of every
+score. Every solver refuses such a system through one function, :func:`check_positive_definite`
+(one error, :class:`IndefiniteHessianError`, one message naming ``damping`` and the fix), fed
+with the best smallest-eigenvalue evidence it has: :func:`exact_solve` the exact spectrum of the
+explicit Hessian, :func:`lowrank_solve` the kept eigenvalues (the system its closed form solves),
+:func:`conjugate_gradient` the Rayleigh quotient of a direction of non-positive curvature.
+:func:`lissa` sees only mini-batch products and cannot check; its divergence test is a backstop.
+:func:`hf_pairdots.influence.compute_s_test` checks a user-set damping against the Lanczos
+estimate of λ_min before any solver runs, so every solver refuses the same systems there.
+
 Devices: the P-sized vectors stay on the device of ``v`` (the parameters' device) for the
 whole solve; every buffer a solver makes is made there. The eigenvalue estimates run ARPACK on
 the CPU in float64 and move each vector to ``device`` (the parameters') for the HVP and back;
@@ -30,11 +41,44 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .errors import LissaDivergenceError
+
 HVP = Callable[[Tensor], Tensor]
 
 
-class LissaDivergenceError(RuntimeError):
-    """The LiSSA recursion grew past its bound or became non-finite (case C01)."""
+class IndefiniteHessianError(ValueError):
+    """H + damping·I is not positive definite, so s_test would flip the sign of influence.
+
+    Raised by :func:`check_positive_definite` for every solver, with one message naming
+    ``damping`` and the value to exceed. Attributes: ``lambda_min`` (the smallest eigenvalue of
+    H found, or an upper bound on it) and ``damping``.
+    """
+
+    def __init__(self, lambda_min: float, damping: float):
+        self.lambda_min, self.damping = lambda_min, damping
+        super().__init__(
+            f"H + damping*I is not positive definite: H has an eigenvalue at or below {lambda_min:.3g} and "
+            f"damping={damping:g} does not lift it above zero, so s_test would flip the sign of influence along "
+            f"it. Set damping above {-lambda_min:.3g}, or damping=None (automatic: the Lanczos estimate of "
+            "lambda_min plus a margin; raise power_iters if that estimate falls short)."
+        )
+
+
+def check_positive_definite(lambda_min: float, damping: float) -> None:
+    """Refuse (H + λI) x = v unless λ_min + λ > 0: the one definiteness check of every solver.
+
+    Args:
+        lambda_min: the smallest eigenvalue of H (:func:`exact_solve`), or an upper bound on it:
+            a Ritz value (Lanczos, :func:`extreme_eigenvalues`, :func:`top_eigenpairs`) or the
+            Rayleigh quotient uᵀHu / uᵀu of any direction u (:func:`conjugate_gradient`).
+            With an upper bound the check can pass a system whose true λ_min is lower still.
+        damping: λ.
+
+    Raises:
+        IndefiniteHessianError: λ_min + λ ≤ 0 (or either is NaN).
+    """
+    if not lambda_min + damping > 0:
+        raise IndefiniteHessianError(lambda_min, damping)
 
 
 @dataclass
@@ -64,6 +108,9 @@ def lissa(hvp_sample: Callable[[Tensor, int], Tensor], v: Tensor, *, damping: fl
 
     Converges when the eigenvalues of (H + λI)/σ lie in (0, 2); then ||h_t|| ≤ σ||v||/μ with μ the
     smallest eigenvalue of H + λI. Averaging the tail of the iterates damps the mini-batch noise.
+    Definiteness cannot be checked here (mini-batch products only): along an eigenvalue
+    λ_i + λ < 0 the iterates grow by 1 + |λ_i + λ|/σ per step, which may stay under the bound
+    within ``depth``; :func:`hf_pairdots.influence.compute_s_test` checks λ_min first.
 
     Args:
         hvp_sample: ``(V (Q, P), step) -> H_step V``, the stochastic HVP.
@@ -144,8 +191,12 @@ def conjugate_gradient(hvp: HVP, v: Tensor, *, damping: float, tol: float = 1e-6
                        preconditioner: HVP | None = None, x0: Tensor | None = None) -> IHVPResult:
     """Solve (H + λI) x = v by (preconditioned) conjugate gradient, Q right-hand sides in parallel.
 
-    Needs H + λI positive definite (raises ``ValueError`` on a non-positive curvature
-    direction, with advice to raise damping). Stops when every relative residual
+    Needs H + λI positive definite: a direction p of non-positive curvature pᵀ(H + λI)p ≤ 0
+    raises :class:`IndefiniteHessianError` through :func:`check_positive_definite` with its
+    Rayleigh quotient pᵀHp / pᵀp (an upper bound on λ_min). CG meets such a direction only once
+    its Krylov space reaches a negative eigenvalue, so it can converge on an indefinite system
+    when ``v`` hardly touches that eigenvector; :func:`hf_pairdots.influence.compute_s_test`
+    checks a Lanczos estimate of λ_min first. Stops when every relative residual
     ||(H + λI)x - v|| / ||v|| is below ``tol``; rows that have converged stop moving and drop
     out of the HVPs. Stopping at ``max_iter`` first warns (``RuntimeWarning``, with the residual
     reached); the residual is also in the solve's diagnostics.
@@ -176,7 +227,8 @@ def conjugate_gradient(hvp: HVP, v: Tensor, *, damping: float, tol: float = 1e-6
         ap[active] = hvp(p[active]).detach() + damping * p[active]
         curvature = (p * ap).sum(1)
         if bool((curvature[active] <= 0).any()):
-            raise ValueError(f"H + damping*I is not positive definite (damping={damping:g}); increase damping")
+            rayleigh = curvature[active] / (p[active] * p[active]).sum(1) - damping  # pᵀHp / pᵀp ≥ λ_min
+            check_positive_definite(float(rayleigh.min()), damping)
         alpha = torch.where(active, rz / curvature.clamp_min(1e-30), torch.zeros_like(rz))
         x = x + alpha[:, None] * p
         r = r - alpha[:, None] * ap
@@ -210,30 +262,40 @@ def explicit_hessian(hvp: HVP, num_params: int, chunk: int = 256, dtype: torch.d
 
 def exact_solve(hessian: Tensor, v: Tensor, *, damping: float) -> IHVPResult:
     """Solve (H + λI) x = v with an explicit Hessian, in float64, on the Hessian's device
-    (``x`` has ``v``'s dtype and device). For small P and for tests."""
+    (``x`` has ``v``'s dtype and device). For small P and for tests.
+
+    The exact λ_min of ``hessian`` (its eigenvalues, float64) is checked first
+    (:func:`check_positive_definite`).
+    Cost: one symmetric eigenvalue decomposition and one LU solve, O(P³) each.
+
+    Raises:
+        IndefiniteHessianError: λ_min + λ ≤ 0.
+    """
+    lambda_min = float(torch.linalg.eigvalsh(hessian.double())[0])
+    check_positive_definite(lambda_min, damping)
     a = hessian.double() + damping * torch.eye(hessian.shape[0], dtype=torch.float64, device=hessian.device)
     x = torch.linalg.solve(a, v.double().to(a.device).T).T.to(dtype=v.dtype, device=v.device)
     return IHVPResult(x, {"solver": "exact", "damping": damping})
 
 
-def _scipy_operator(hvp: HVP, num_params: int, seed: int, device: torch.device | str | None = None):
-    """H as a float64 ``scipy.sparse.linalg.LinearOperator`` (float32 HVPs on ``device`` inside)
-    and a seeded start vector (drawn on the CPU, so the same on every device)."""
+def _scipy_operator(hvp: HVP, num_params: int, seed: int, device: torch.device | str | None = None,
+                    dtype: torch.dtype = torch.float32):
+    """H as a float64 ``scipy.sparse.linalg.LinearOperator`` (HVPs of ``dtype`` vectors on ``device``
+    inside) and a seeded start vector (drawn on the CPU, so the same on every device)."""
     import numpy as np
     from scipy.sparse.linalg import LinearOperator
 
     def matvec(x):
-        u = torch.from_numpy(np.asarray(x, dtype=np.float32).reshape(1, -1))
-        if device is not None:
-            u = u.to(device)
+        u = torch.from_numpy(np.asarray(x, dtype=np.float64).reshape(1, -1)).to(device=device, dtype=dtype)
         return hvp(u).detach()[0].double().cpu().numpy()
 
     start = torch.randn(num_params, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).numpy()
     return LinearOperator((num_params, num_params), matvec=matvec, dtype=np.float64), start
 
 
-def extreme_eigenvalues(hvp: HVP, num_params: int, *, iters: int = 20, seed: int = 0,
-                        tol: float = 1e-2, device: torch.device | str | None = None) -> tuple[float, float]:
+def extreme_eigenvalues(hvp: HVP, num_params: int, *, iters: int = 20, seed: int = 0, tol: float = 1e-2,
+                        device: torch.device | str | None = None,
+                        dtype: torch.dtype = torch.float32) -> tuple[float, float]:
     """Estimate (λ_min, λ_max) of the symmetric H by Lanczos (ARPACK, ``scipy.sparse.linalg.eigsh``).
 
     Two runs with a Krylov space of dimension ``iters``, each restarted at most 5 times:
@@ -250,7 +312,7 @@ def extreme_eigenvalues(hvp: HVP, num_params: int, *, iters: int = 20, seed: int
     its best Ritz value is used, and without one the bound -|μ₁| (resp. |μ₁|), which is safe
     for damping. Cost: about 2 x ``iters`` to 10 x ``iters`` HVPs with one vector. For P ≤ 2
     the spectrum is computed exactly from the explicit Hessian. ``device``: where ``hvp`` takes
-    its vectors (the parameters' device; ``None`` = CPU).
+    its vectors (the parameters' device; ``None`` = CPU); ``dtype``: theirs (the parameters').
 
     Raises:
         RuntimeError: no estimate of the largest-magnitude eigenvalue (raise ``power_iters``).
@@ -258,9 +320,9 @@ def extreme_eigenvalues(hvp: HVP, num_params: int, *, iters: int = 20, seed: int
     from scipy.sparse.linalg import LinearOperator
 
     if num_params <= 2:
-        values = torch.linalg.eigvalsh(explicit_hessian(hvp, num_params, device=device).double().cpu())
+        values = torch.linalg.eigvalsh(explicit_hessian(hvp, num_params, dtype=dtype, device=device).double().cpu())
         return float(values[0]), float(values[-1])
-    operator, start = _scipy_operator(hvp, num_params, seed, device)
+    operator, start = _scipy_operator(hvp, num_params, seed, device, dtype)
     ncv = min(num_params, max(iters, 4))
     first = _largest_magnitude(operator, start, ncv, tol)
     if first is None:
@@ -408,14 +470,17 @@ def lowrank_solve(factor: LowRankHessian, v: Tensor, *, damping: float, hvp: HVP
     iteration, plus that iteration's HVP (Q vectors). Diagnostics: ``rank``, the range of the
     kept eigenvalues and, refined, ``iterations``.
 
+    Definiteness: the closed form inverts M = U diag(λ) Uᵀ + λ_d I, whose eigenvalues are the
+    kept λ_i + λ_d and, outside U, λ_d (H taken as 0 there); :func:`check_positive_definite`
+    gets the smallest of the kept λ_i and 0. Refined, the CG on the full H checks too.
+
     Raises:
-        ValueError: ``damping`` ≤ 0, or λ_i + damping ≤ 0 for some kept eigenvalue.
+        IndefiniteHessianError: ``damping`` ≤ 0, or λ_i + damping ≤ 0 for some kept eigenvalue.
     """
     v = v.detach()
     shifted = factor.eigenvalues.to(v.device) + damping  # k = 0 (nothing converged): M = λ_d I
-    if damping <= 0 or bool((shifted <= 0).any()):
-        raise ValueError(f"damping={damping:g} must be > 0 and above minus the smallest kept eigenvalue "
-                         f"({float(factor.eigenvalues.min()) if len(shifted) else 0:.3g})")
+    kept = factor.eigenvalues.tolist()
+    check_positive_definite(min(kept + [0.0] if len(kept) < v.shape[1] else kept), damping)
     vectors = factor.eigenvectors.to(v.device)
 
     def inverse(r: Tensor) -> Tensor:

@@ -6,8 +6,9 @@ Files under an output directory:
   <path>/             the same records as a `datasets.Dataset` (`write_dataset`, caller's path);
   report.html         a self-contained page, no JS or external resources (`write_report`).
 
-Every whole-file write goes through `atomic_write_text` (temp file in the same directory,
-fsync, `os.replace`), so a kill leaves either the old file or the new one, never half of one.
+Every whole-file write goes through `hf_pairdots.io` (temp file in the same directory, fsync,
+`os.replace`, fsync of the directory; folders are swapped in with rollback), so a kill leaves
+either the old file or the new one, never half of one.
 The store's appends are the one exception; their recovery rule is in `ExplanationStore`.
 
 Colours of the page (as in Table 2 of the paper): the test sentence is shaded by saliency
@@ -24,12 +25,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import datasets
 from jinja2 import Environment, PackageLoader
+
+from .io import atomic_replace_dir, atomic_write_text
 
 JSONL_NAME = "explanations.jsonl"
 REPORT_NAME = "report.html"
@@ -42,33 +43,6 @@ PALETTES = {
 NEGATIVE = (96, 125, 160)  # blue-grey, for negative scores on either side
 
 _ENV = Environment(loader=PackageLoader("hf_pairdots", "templates"), autoescape=True)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` (UTF-8) to `path` atomically: temp file in the same directory, fsync,
-    `os.replace`, then fsync of the directory. The file ends with mode 0644. The parent
-    directory must exist (else FileNotFoundError); on any error the temp file is removed."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def check_json_safe(value, field: str = "record") -> None:
@@ -153,8 +127,9 @@ def _json_line(record: dict) -> str:
 
 def write_dataset(records: list[dict], path: str | os.PathLike) -> datasets.Dataset:
     """Save `records` as a `datasets.Dataset` at directory `path` (`save_to_disk`, one shard),
-    replacing any previous one; the new copy is built in a sibling temp directory and moved
-    in, so `path` never holds a half-written dataset. Columns are the union of the records'
+    replacing any previous one; the new copy is built in a sibling temp directory and swapped
+    in (`hf_pairdots.io.atomic_replace_dir`, with rollback), so `path` never holds a half-written
+    dataset. Columns are the union of the records'
     keys; nested lists/dicts become Arrow lists/structs, null scores stay None, a key missing
     from one record's nested dict loads as None. Zero records give an empty dataset with a
     single `query_index` column. ValueError on NaN/inf. Returns the in-memory dataset."""
@@ -166,21 +141,8 @@ def write_dataset(records: list[dict], path: str | os.PathLike) -> datasets.Data
     else:
         features = datasets.Features({"query_index": datasets.Value("int64")})
         ds = datasets.Dataset.from_dict({"query_index": []}, features=features)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
+    with atomic_replace_dir(path) as tmp:
         ds.save_to_disk(str(tmp), num_shards=1)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return ds
 
 
@@ -239,11 +201,15 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def render_html(records: list[dict], meta: dict) -> str:
+def render_html(records: list[dict], meta: dict, suspicious: list[dict] | None = None) -> str:
     """The report page as a string: a header table of `meta` (any keys, e.g. model,
     dataset, subsample sizes, solver diagnostics, timings, accuracies), an index of queries,
     then per query the Table 2 view (predicted side, gold side, top-k training examples).
     Zero records give a page saying "No misclassified examples". All text is HTML-escaped.
+    `suspicious` (the entries of `suspicious.json`: rank, train_index, text, label_name,
+    self_influence) adds a section "Training examples the model finds suspicious" at the end,
+    with `meta["suspicious"]` (its diagnostics, and the warning when the dev-loss ranking
+    disagrees) shown there instead of in the header table; `None` (default) changes nothing.
     ValueError if a record's words and scores differ in length; KeyError if a schema field
     is missing; role must be "predicted" or "gold"."""
     queries = []
@@ -261,17 +227,25 @@ def render_html(records: list[dict], meta: dict) -> str:
                 "labels": [_label_view(record, entry) for entry in record["labels"]],
             }
         )
-    meta_rows = [(str(k), _fmt(v)) for k, v in meta.items()]
+    meta_rows = [(str(k), _fmt(v)) for k, v in meta.items() if suspicious is None or k != "suspicious"]
     colours = {role: [f"rgb{c}" for c in pair] for role, pair in PALETTES.items()}
     return _ENV.get_template("report.html.j2").render(
-        queries=queries, meta_rows=meta_rows, colours=colours, negative=f"rgb{NEGATIVE}"
+        queries=queries, meta_rows=meta_rows, colours=colours, negative=f"rgb{NEGATIVE}",
+        suspicious=None if suspicious is None else _suspicious_view(suspicious, meta.get("suspicious", {})),
     )
 
 
-def write_report(output_dir: str | os.PathLike, records: list[dict], meta: dict) -> Path:
+def _suspicious_view(examples: list[dict], diagnostics: dict) -> dict:
+    rows = [{**e, "self_influence": f"{e['self_influence']:.4g}"} for e in examples]
+    rest = {k: v for k, v in diagnostics.items() if k != "warning"}
+    return {"rows": rows, "warning": diagnostics.get("warning"), "diagnostics": _fmt(rest)}
+
+
+def write_report(output_dir: str | os.PathLike, records: list[dict], meta: dict,
+                 suspicious: list[dict] | None = None) -> Path:
     """Write `<output_dir>/report.html` atomically (see `render_html`) and return its path.
     The jsonl and the dataset are the caller's, through `ExplanationStore`/`write_dataset`."""
     path = Path(output_dir) / REPORT_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, render_html(records, meta))
+    atomic_write_text(path, render_html(records, meta, suspicious))
     return path

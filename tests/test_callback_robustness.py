@@ -470,7 +470,8 @@ def test_C13_explain_dataset_with_gradient_checkpointing(tok, train, dev, tmp_pa
     checkpointed.gradient_checkpointing_enable()
     checkpointed.train()  # as a Trainer leaves it
     # θ_S = every trainable parameter: the HVPs and JVPs run through all (checkpointed) layers.
-    args = _args(params="all", solver=SolverOptions(damping=0.01, scale=100.0, depth=10))
+    # damping above -λ_min (Lanczos: -0.03); 0.01 left H + λI indefinite, which is refused
+    args = _args(params="all", solver=SolverOptions(damping=0.1, scale=100.0, depth=10))
     explain_dataset(plain, tok, train, dev, args, tmp_path / "plain")
     explain_dataset(checkpointed, tok, train, dev, args, tmp_path / "checkpointed")
     a, b = _records(tmp_path / "plain"), _records(tmp_path / "checkpointed")

@@ -2,7 +2,9 @@
 
 Cases: C01 (LiSSA divergence is detected, never NaN), C03 (no autograd history carried across
 the recursion), C04 (the recursion applies the HVP to the running estimate: LiSSA equals the
-damped exact solve).
+damped exact solve). Definiteness: every solver refuses H + λI that is not positive definite
+with one error and message, at the solver level and through ``compute_s_test`` on a tiny BERT
+head whose Hessian is indefinite.
 """
 
 import math
@@ -12,7 +14,10 @@ import pytest
 import torch
 
 from hf_pairdots.autograd import hvp
+from hf_pairdots.arguments import ExplainArguments, SolverOptions
+from hf_pairdots.explain import Explainer
 from hf_pairdots.ihvp import (
+    IndefiniteHessianError,
     LissaDivergenceError,
     auto_damping_scale,
     conjugate_gradient,
@@ -24,6 +29,8 @@ from hf_pairdots.ihvp import (
     relative_residual,
     top_eigenpairs,
 )
+from hf_pairdots.influence import compute_s_test, make_objective, prepare_data, resolve_damping_scale
+from hf_pairdots.models import tiny_bert
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -490,3 +497,119 @@ def test_extreme_eigenvalues_indefinite_both_ends():
     h = (q @ torch.diag(values.double()) @ q.T).float()
     lo, hi = extreme_eigenvalues(lambda v: v @ h, 100, iters=20)
     assert lo == pytest.approx(-3.0, rel=1e-2) and hi == pytest.approx(2.0, rel=1e-2)
+
+
+# --------------------------------------------------------------------------------------------
+# Definiteness: one check, one error, for every solver
+# --------------------------------------------------------------------------------------------
+
+def _assert_refusal(err: IndefiniteHessianError, damping: float):
+    msg = str(err)
+    assert isinstance(err, ValueError)  # a bad argument, as CG's refusal always was
+    assert f"damping={damping:g}" in msg and f"Set damping above {-err.lambda_min:.3g}" in msg
+    assert err.damping == damping and err.lambda_min + damping <= 0
+
+
+def test_every_solver_refuses_an_indefinite_system_with_one_error():
+    """H with λ_min = -1 and damping 0.7: H + λI has the eigenvalue -0.3. The exact solve (which
+    used to solve it and flip signs) and the full-rank low-rank solve see the exact λ_min and
+    raise the identical message; CG raises the same error with the Rayleigh quotient of its
+    non-positive-curvature direction, an upper bound on λ_min below -damping. With damping 1.5
+    (H + λI ≻ 0) all of them return the damped solve."""
+    a = indefinite_matrix(EIGS)
+    v = torch.randn(Q, P, generator=torch.Generator().manual_seed(4), dtype=F64)
+    factor = top_eigenpairs(lambda u: (u.to(F64) @ a).float(), P, rank=P)
+    assert len(factor.eigenvalues) == P
+    with pytest.raises(IndefiniteHessianError) as exact:
+        exact_solve(a, v, damping=0.7)
+    with pytest.raises(IndefiniteHessianError) as low:
+        lowrank_solve(factor, v.float(), damping=0.7)
+    with pytest.raises(IndefiniteHessianError) as cg:
+        conjugate_gradient(lambda u: u @ a, v, damping=0.7)
+    for info in (exact, low, cg):
+        _assert_refusal(info.value, 0.7)
+    assert exact.value.lambda_min == pytest.approx(-1.0, abs=1e-12)
+    assert str(low.value) == str(exact.value) and "at or below -1 " in str(exact.value)
+    assert -1.0 - 1e-12 <= cg.value.lambda_min <= -0.7
+    expected = damped_solution(a, v, 1.5)
+    assert rel_err(exact_solve(a, v, damping=1.5).x, expected) < 1e-12
+    assert rel_err(conjugate_gradient(lambda u: u @ a, v, damping=1.5, tol=1e-10).x, expected) < 1e-8
+    assert rel_err(lowrank_solve(factor, v.float(), damping=1.5).x.double(), expected) < 1e-5
+
+
+def test_lowrank_closed_form_needs_positive_damping_outside_the_kept_pairs():
+    """Outside the kept eigenvectors the closed form sees only the damping (H taken as 0 there):
+    damping 0 with fewer pairs than parameters is a singular system, refused by the same check."""
+    gen = torch.Generator().manual_seed(3)
+    m = torch.randn(12, 12, generator=gen, dtype=F64)
+    h = m @ m.T / 12 + 0.1 * torch.eye(12, dtype=F64)
+    factor = top_eigenpairs(lambda u: (u.to(F64) @ h).float(), 12, rank=6)
+    assert 0 < len(factor.eigenvalues) < 12 and float(factor.eigenvalues.min()) > 0
+    with pytest.raises(IndefiniteHessianError) as info:
+        lowrank_solve(factor, torch.ones(1, 12), damping=0.0)
+    _assert_refusal(info.value, 0.0)
+    assert info.value.lambda_min == 0.0
+
+
+HEAD_TRAIN = ["a good movie", "a bad movie", "great fun", "boring and slow", "the plot was great", "awful acting",
+              "a lovely film", "a dull story", "fun and warm", "a terrible mess", "the best scene", "the worst scene"]
+HEAD_LABELS = [1, 0] * 6
+
+
+@pytest.fixture(scope="module")
+def head_problem(tok):
+    """A tiny BERT (hidden 8) whose head Hessian (pooler + classifier, P = 90, 12 examples) is
+    indefinite: λ_min ≈ -0.475. Closed form: torch.func.hessian of the mean loss, float64."""
+    model = tiny_bert(hidden_size=8, num_attention_heads=2, intermediate_size=16, initializer_range=0.5, seed=0)
+    objective = make_objective(model, "head")
+    data = prepare_data(objective, tok, HEAD_TRAIN, HEAD_LABELS, batch_size=4, max_length=16)
+    hessian = torch.func.hessian(
+        lambda th: torch.cat([objective.per_example_loss(th, b) for b in data.batches]).mean())(objective.theta)
+    v = torch.randn(2, objective.params.numel, generator=torch.Generator().manual_seed(0))
+    return objective, data, hessian.double(), v
+
+
+# power_iters = P: the Lanczos estimate of λ_min is exact, so every refusal names the same value.
+HEAD_SOLVERS = {
+    "exact": dict(solver="exact"),
+    "cg": dict(solver="cg", cg_tol=1e-6),
+    "lowrank closed form": dict(solver="lowrank", rank=90, lowrank_refine=False),
+    "lowrank refined": dict(solver="lowrank", rank=90, cg_tol=1e-6),
+    "lissa": dict(solver="lissa", scale=8.0, depth=400, batch_size=12),  # mini-batch = all 12: exact HVPs
+}
+
+
+def test_compute_s_test_every_solver_refuses_damping_below_minus_lambda_min(head_problem):
+    """damping 0.1 < 0.475 = -λ_min: exact (which used to solve the indefinite system), CG,
+    low-rank (closed form and refined) and LiSSA raise the same error with the same message,
+    naming damping and the value to exceed. With damping 1 each agrees with the closed form,
+    the check reusing one set of estimates (``eigenvalues``) instead of new Lanczos runs."""
+    objective, data, hessian, v = head_problem
+    lambda_min = float(torch.linalg.eigvalsh(hessian)[0])
+    assert -0.5 < lambda_min < -0.45
+    messages = {}
+    for name, solver in HEAD_SOLVERS.items():
+        with pytest.raises(IndefiniteHessianError) as info:
+            compute_s_test(objective, data, v, SolverOptions(**solver, damping=0.1, power_iters=90))
+        _assert_refusal(info.value, 0.1)
+        assert info.value.lambda_min == pytest.approx(lambda_min, rel=1e-5), name
+        messages[name] = str(info.value)
+    assert len(set(messages.values())) == 1 and f"at or below {lambda_min:.3g} " in messages["exact"]
+    expected = torch.linalg.solve(hessian + torch.eye(90, dtype=F64), v.double().T).T
+    _, eigenvalues = resolve_damping_scale(objective, data, SolverOptions(solver="cg", damping=1.0, power_iters=90))
+    assert eigenvalues["lambda_min"] == pytest.approx(lambda_min, rel=1e-5)
+    for name, solver in HEAD_SOLVERS.items():
+        x = compute_s_test(objective, data, v, SolverOptions(**solver, damping=1.0), eigenvalues=eigenvalues).x
+        assert rel_err(x.double(), expected) < 1e-5, name
+    with pytest.raises(IndefiniteHessianError):  # the reused estimate is checked against the damping too
+        compute_s_test(objective, data, v, SolverOptions(solver="cg", damping=0.1), eigenvalues=eigenvalues)
+
+
+def test_explainer_refuses_indefinite_damping_before_any_query(head_problem, tok):
+    """The Explainer checks a user-set damping when it resolves the solver, at construction."""
+    objective, *_ = head_problem
+    args = ExplainArguments(queries="all", max_length=16, batch_size=4,
+                            solver=SolverOptions(solver="cg", damping=0.1, power_iters=90))
+    with pytest.raises(IndefiniteHessianError) as info:
+        Explainer(objective.model, tok, HEAD_TRAIN, HEAD_LABELS, args)
+    _assert_refusal(info.value, 0.1)

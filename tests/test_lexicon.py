@@ -293,10 +293,12 @@ def test_third_person_of_verbs_in_o_takes_es():
 
 
 def test_casing_and_surrounding_punctuation_are_kept(lexicon):
-    assert lexicon.synonyms("Movies") == ["Films", "Pictures", "Pics", "Flicks"]
+    movies = ["Films", "Pictures", "Pics", "Flicks"]
+    assert lexicon.synonyms("Movies", sentence_initial=True) == movies
     assert lexicon.synonyms("MOVIES") == ["FILMS", "PICTURES", "PICS", "FLICKS"]
     assert lexicon.synonyms('"movie,') == ['"film,', '"picture,', '"pic,', '"flick,']
-    assert "CT" in lexicon.synonyms("cat")  # acronyms keep WordNet's spelling
+    # acronyms keep WordNet's spelling (only written when proper nouns are asked for)
+    assert "CT" in Lexicon(edit_proper_nouns=True).synonyms("cat")
 
 
 @pytest.mark.parametrize(
@@ -340,3 +342,74 @@ def test_a_replacement_offered_by_both_relations_keeps_the_first(lexicon):
     both = dict(lexicon.candidates("running", ("synonym", "antonym")))
     assert "passing" in lexicon.antonyms("running")
     assert both["passing"] == "synonym"
+
+
+# ----------------------------------------------------------------------------- proper nouns
+
+
+@pytest.mark.parametrize("word", ["Jeter", "Chicago", "Washington", "Jeter's", "(Chicago),"])
+def test_capitalised_word_mid_sentence_is_a_name_with_no_candidates(lexicon, word):
+    """Before: "Jeter" -> "Pitchier" (comparative of the adjective "jet"), "Chicago" -> "Boodle"
+    (the card game), "Washington" -> "WA"."""
+    assert lexicon.candidates(word, ("synonym", "antonym")) == []
+    assert lexicon.proper_noun_reason(word) == "capitalised mid-sentence"
+
+
+def test_proper_nouns_are_edited_when_asked(lexicon):
+    opted_in = Lexicon(edit_proper_nouns=True)
+    assert opted_in.synonyms("Jeter") == ["Pitchier", "Sootier"]
+    assert opted_in.synonyms("Chicago") == ["Michigan", "Newmarket", "Boodle", "Stops"]
+    assert opted_in.synonyms("Washington") == ["WA", "Capital"]
+    assert opted_in.proper_noun_reason("Chicago") is None
+    assert opted_in.synonyms("movies") == lexicon.synonyms("movies")
+
+
+def test_sentence_initial_capital_is_decided_by_wordnet(lexicon):
+    """A capital that starts a sentence says nothing: senses that are not name senses count."""
+    movies = ["Films", "Pictures", "Pics", "Flicks"]
+    assert lexicon.synonyms("Movies", sentence_initial=True) == movies
+    assert lexicon.antonyms("Loved", sentence_initial=True) == ["Hated", "Unloved"]
+    assert lexicon.proper_noun_reason("Movies", sentence_initial=True) is None
+    for name in ("Chicago", "Washington", "Adam"):  # every WordNet sense is a name sense
+        assert lexicon.candidates(name, ("synonym", "antonym"), sentence_initial=True) == []
+        reason = lexicon.proper_noun_reason(name, sentence_initial=True)
+        assert reason == "WordNet knows it only as a proper noun"
+
+
+def test_name_senses_and_capitalised_lemmas_are_skipped_in_any_case(lexicon):
+    """Lower-case or UPPER, a name stays a name; a common word keeps only its common senses."""
+    for word in ("chicago", "washington", "WASHINGTON", "NASA"):
+        assert lexicon.candidates(word, ("synonym", "antonym")) == []
+        assert lexicon.proper_noun_reason(word) == "WordNet knows it only as a proper noun"
+    assert lexicon.synonyms("GREAT")[:2] == ["OUTSTANDING", "BANG-UP"]  # shouting is not a name
+    cat = lexicon.synonyms("cat")  # senses CAT (tomography: "CT") and Caterpillar are names
+    assert cat[:3] == ["guy", "hombre", "bozo"] and not {"CT", "Caterpillar"} & set(cat)
+    assert lexicon.synonyms("turkey") == ["joker", "bomb", "dud"]  # the country Turkey is skipped
+    assert lexicon.synonyms("earth")[:2] == ["world", "globe"]  # an instance, spelt lower case
+    assert lexicon.proper_noun_reason("cat") is None and lexicon.proper_noun_reason("the") is None
+
+
+class _AnyPosLemmas:
+    """WordNet whose ``lemmas(name, pos)`` ignores ``pos``: lemmas of every POS come back."""
+
+    def __init__(self, reader):
+        self._reader = reader
+
+    def __getattr__(self, name):
+        return getattr(self._reader, name)
+
+    def lemmas(self, name, pos=None):
+        return self._reader.lemmas(name)
+
+
+def test_morphology_runs_in_the_pos_of_the_sense(lexicon):
+    """"loved" is analysed as the past of the verb "love": the noun senses of "love" must not
+    lend their lemmas to that inflection (before, with such a lemma source: "beloveded",
+    "dearested", "lovemakinged"; "running" -> "tallying" from the noun "run")."""
+    loose = Lexicon()
+    loose._reader = _AnyPosLemmas(lexicon._wordnet)
+    both = ("synonym", "antonym")
+    for word in ("loved", "running", "movies", "better"):
+        assert loose.candidates(word, both) == lexicon.candidates(word, both)
+    assert not {"beloveded", "dearested", "lovemakinged"} & set(loose.synonyms("loved"))
+    assert "tallying" not in loose.synonyms("running")

