@@ -35,11 +35,11 @@ import torch  # noqa: E402
 
 from hf_pairdots.arguments import ExplainArguments, SolverOptions  # noqa: E402
 from hf_pairdots.data import load_text_classification, subsample  # noqa: E402
-from hf_pairdots.influence import (compute_s_test, influence_mode, make_objective, prepare_data,  # noqa: E402
-                                   resolve_damping_scale, tokenize,
-                                   train_influence)
+from hf_pairdots.influence import train_influence  # noqa: E402
+from hf_pairdots.loss import make_train_loss, prepare_data, tokenize  # noqa: E402
+from hf_pairdots.modeling import influence_mode, model_inputs  # noqa: E402
 from hf_pairdots.models import load_classifier, load_tokenizer  # noqa: E402
-from hf_pairdots.saliency import model_inputs  # noqa: E402
+from hf_pairdots.solve import compute_s_test, resolve_damping_scale  # noqa: E402
 from hf_pairdots.training import train_classifier  # noqa: E402
 
 LOCAL_SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst_sentence"
@@ -77,7 +77,7 @@ def memory_probe(n: int, max_length: int) -> None:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     with influence_mode(model) as m:
-        objective = make_objective(m, "head")
+        objective = make_train_loss(m, "head")
         prepared = prepare_data(objective, tok, train["text"], train["label"], max_length=max_length)
         train_influence(objective, prepared, torch.randn(1, objective.params.numel))
     peak = _status_kb("VmHWM")
@@ -104,7 +104,7 @@ def main(argv=None) -> None:
     queries = list(data["validation"]["text"][:8])
     with influence_mode(model) as m:
         for params in ("head", "top", "all"):
-            objective = make_objective(m, params)
+            objective = make_train_loss(m, params)
             prepared, t_prep = timed(lambda: prepare_data(objective, tok, train["text"], train["label"],
                                                           max_length=a.max_length))
             s = torch.randn(1, objective.params.numel)
@@ -112,7 +112,7 @@ def main(argv=None) -> None:
             _, t_score = timed(lambda: train_influence(objective, prepared, s))
             rows.append((f"(b) score all {len(train)} train examples, 1 query, params={params} "
                          f"(P={objective.params.numel:,}; + feature cache {t_prep:.1f} s)", t_score, t_score / epoch, ""))
-        objective = make_objective(m, "head")
+        objective = make_train_loss(m, "head")
         prepared = prepare_data(objective, tok, train["text"], train["label"], max_length=a.max_length)
         v = measurement_gradients(m, tok, objective, queries, a.max_length)
         references = {}
@@ -191,7 +191,8 @@ def write_section(path: Path, text: str) -> None:
 def explain_dev_errors(model, tok, train, dev, max_length: int, solver: SolverOptions) -> tuple[int, float]:
     """(f): every dev misclassification through the Explainer (defaults but ``solver``, no edits)."""
     from hf_pairdots.callback import select_queries
-    from hf_pairdots.explain import Explainer, predict_proba
+    from hf_pairdots.explain import Explainer
+    from hf_pairdots.modeling import predict_proba
 
     args = ExplainArguments(max_queries=None, max_length=max_length, solver=solver)
     probs = predict_proba(model, tok, list(dev["text"]), max_length=max_length)

@@ -36,9 +36,11 @@ import torch  # noqa: E402
 
 from hf_pairdots.arguments import SolverOptions  # noqa: E402
 from hf_pairdots.data import load_text_classification, subsample  # noqa: E402
-from hf_pairdots.influence import (compute_s_test, influence_mode, make_objective, mean_loss_gradient,  # noqa: E402
-                                   prepare_data, self_influence, tail_disagreement, train_influence)
+from hf_pairdots.influence import mean_loss_gradient, self_influence, tail_disagreement, train_influence  # noqa: E402
+from hf_pairdots.loss import make_train_loss, prepare_data  # noqa: E402
+from hf_pairdots.modeling import influence_mode  # noqa: E402
 from hf_pairdots.models import load_classifier, load_tokenizer  # noqa: E402
+from hf_pairdots.solve import compute_s_test  # noqa: E402
 from hf_pairdots.training import accuracy, train_classifier  # noqa: E402
 
 LOCAL_SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst_sentence"
@@ -80,7 +82,7 @@ def measure(a) -> dict:
            "seconds": {"train": train_seconds}}
     texts, labels = list(train["text"]), list(train["label"])
     with influence_mode(model) as m:
-        objectives = {params: make_objective(m, params) for params in ("classifier", "head")}
+        objectives = {params: make_train_loss(m, params) for params in ("classifier", "head")}
         prepared = {params: prepare_data(objective, tok, texts, labels, batch_size=64, max_length=a.max_length)
                     for params, objective in objectives.items()}
         selves = {}

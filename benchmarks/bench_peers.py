@@ -142,8 +142,11 @@ def ours(a, work: Path) -> dict:
     """Fine-tune, cache features, run our solvers; write JOB.pt for the peers. Returns our rows."""
     from hf_pairdots.arguments import SolverOptions
     from hf_pairdots.data import load_text_classification, subsample
-    from hf_pairdots.influence import (compute_s_test, influence_mode, loss_measurement_gradient, make_objective,
-                                       prepare_data, tokenize, train_influence)
+    from hf_pairdots.influence import train_influence
+    from hf_pairdots.loss import make_train_loss, prepare_data, tokenize
+    from hf_pairdots.measurement import loss_measurement_gradient
+    from hf_pairdots.modeling import influence_mode
+    from hf_pairdots.solve import compute_s_test
     from hf_pairdots.models import load_classifier, load_tokenizer
     from hf_pairdots.training import train_classifier
 
@@ -164,7 +167,7 @@ def ours(a, work: Path) -> dict:
             "load_average": " / ".join(open("/proc/loadavg").read().split()[:3])}
     rows = {}
     with influence_mode(model) as m:
-        objective = make_objective(m, "classifier")
+        objective = make_train_loss(m, "classifier")
         info["params"] = list(objective.params.names)
         info["p"] = objective.params.numel
         prepared, info["feature_cache_s"] = timed(lambda: prepare_data(objective, tok, train["text"], train["label"],

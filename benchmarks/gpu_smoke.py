@@ -40,9 +40,9 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments  # 
 
 from hf_pairdots.arguments import ExplainArguments, SolverOptions  # noqa: E402
 from hf_pairdots.callback import PairDotsCallback  # noqa: E402
-from hf_pairdots.explain import Explainer, Query, predict_proba  # noqa: E402
+from hf_pairdots.explain import Explainer, Query  # noqa: E402
+from hf_pairdots.modeling import model_device, predict_proba  # noqa: E402
 from hf_pairdots.models import load_tokenizer, tiny_bert  # noqa: E402
-from hf_pairdots.saliency import model_device  # noqa: E402
 from hf_pairdots.training import accuracy, tokenize_dataset  # noqa: E402
 
 NAMES = ["neg", "pos"]

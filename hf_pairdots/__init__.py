@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from .errors import (
     HubUnavailable,
     IncompatibleRunError,
+    IndefiniteHessianError,
     LissaDivergenceError,
     PairDotsError,
     SaliencyError,
@@ -44,7 +45,7 @@ _LAZY = {
     "explain_dataset": ("callback", "explain_dataset"),
     "Explainer": ("explain", "Explainer"),
     "Query": ("explain", "Query"),
-    "predict_proba": ("explain", "predict_proba"),
+    "predict_proba": ("modeling", "predict_proba"),
     "WordSaliency": ("saliency", "WordSaliency"),
     "word_saliency": ("saliency", "saliency"),
     "load_text_classification": ("data", "load_text_classification"),
@@ -69,6 +70,7 @@ __all__ = [
     *_LAZY,
     "HubUnavailable",
     "IncompatibleRunError",
+    "IndefiniteHessianError",
     "LissaDivergenceError",
     "PairDotsError",
     "SaliencyError",
@@ -98,8 +100,9 @@ if TYPE_CHECKING:  # what static tools see; at run time the names come from __ge
     from .augment.lexicon import Lexicon, install_wordnet
     from .callback import PairDotsCallback, explain_dataset
     from .data import load_text_classification
-    from .explain import Explainer, Query, predict_proba
+    from .explain import Explainer, Query
     from .hub import CardInfo, push_augmented, save_augmented
+    from .modeling import predict_proba
     from .models import load_classifier, load_tokenizer
     from .report import ExplanationStore, write_report
     from .saliency import WordSaliency

@@ -52,7 +52,7 @@ class SolverOptions(_Serializable):
     Attributes:
         solver: ``"auto"`` (default: CG or LiSSA, whichever is estimated to touch fewer training
             examples; LiSSA when ``scale``, ``repeat > 1`` or ``keep_repeats`` is set; see
-            :func:`hf_pairdots.influence.choose_solver`), ``"lissa"`` (the paper),
+            :func:`hf_pairdots.solve.choose_solver`), ``"lissa"`` (the paper),
             ``"cg"`` or ``"exact"`` (exact builds the P x P Hessian, for small parameter sets
             only), or ``"lowrank"`` (top-``rank`` eigenpairs computed once and reused for every
             query, see ``lowrank_refine``).

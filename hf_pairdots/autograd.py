@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .modeling import ModelLayout
+
 
 @dataclass(frozen=True)
 class ParameterSet:
@@ -62,8 +64,7 @@ class ParameterSet:
         ])
 
 
-PRESETS = ("auto", "all", "top", "head", "classifier", "lora")
-"""Fixed preset names; ``"last:K"`` (the last K encoder layers + head) is accepted besides these."""
+from .constants import PRESETS  # noqa: E402  (fixed preset names; "last:K" is accepted besides them)
 
 LAST_PREFIX = "last:"
 
@@ -83,17 +84,10 @@ def _parse_last(preset: str, num_layers: int | None) -> int:
     return k
 
 
-def _encoder_layers(model: nn.Module):
-    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    encoder = getattr(base, "encoder", None)
-    return getattr(encoder, "layer", None)
-
-
 def _preset_patterns(model: nn.Module, preset: str) -> list[str]:
     """``fnmatch`` patterns of a preset, for the model inside any peft wrapper."""
-    inner = _unwrap_peft(model)
-    prefix = _peft_prefix(model)
-    base = getattr(inner, "base_model_prefix", "")
+    layout = ModelLayout.of(model)
+    prefix, base = layout.peft_prefix, layout.base_prefix
     if preset == "auto":
         preset = "lora" if any("lora_" in n for n, p in model.named_parameters() if p.requires_grad) else "head"
     if preset == "all":
@@ -101,11 +95,11 @@ def _preset_patterns(model: nn.Module, preset: str) -> list[str]:
     if preset == "lora":
         return ["*lora_*"]
     if preset == "classifier":  # everything outside the base model
-        return [prefix + n for n, _ in inner.named_parameters() if not n.startswith(base + ".")]
+        return [prefix + n for n, _ in layout.inner.named_parameters() if not n.startswith(base + ".")]
     head = [f"{prefix}{base}.pooler.*", f"{prefix}classifier.*"]
     if preset == "head":
         return head
-    layers = _encoder_layers(inner)
+    layers = layout.layers
     if preset.startswith(LAST_PREFIX):
         n = None if layers is None else len(layers)
         k = _parse_last(preset, n)
@@ -170,15 +164,6 @@ def select_parameters(model: nn.Module, params: str | Sequence[str] = "head") ->
             "check the names with model.named_parameters() and requires_grad"
         )
     return ParameterSet(tuple(n for n, _ in chosen), tuple(p.shape for _, p in chosen), tuple(p for _, p in chosen))
-
-
-def _unwrap_peft(model: nn.Module) -> nn.Module:
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
-def _peft_prefix(model: nn.Module) -> str:
-    return "base_model.model." if callable(getattr(model, "get_base_model", None)) else ""
 
 
 def hvp(loss: Callable[[Tensor], Tensor], theta: Tensor, v: Tensor) -> Tensor:

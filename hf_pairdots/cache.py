@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from .autograd import ParameterSet
 from .io import atomic_write_file
+from .modeling import ModelLayout
 
 FORMAT_VERSION = "hf_pairdots-cache-v1"
 """Part of every key: bump it when what a cached tensor means changes."""
@@ -71,7 +72,7 @@ def fingerprint_tensor(tensor: Tensor) -> str:
 
 
 def _model_config(model: nn.Module) -> str:
-    inner = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    inner = ModelLayout.of(model).inner
     config = getattr(inner, "config", None)
     text = config.to_json_string(use_diff=False) if hasattr(config, "to_json_string") else type(inner).__name__
     peft = getattr(model, "peft_config", None)

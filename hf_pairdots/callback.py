@@ -20,7 +20,7 @@ skipped on a rerun), ``explanations/`` (the same as a ``datasets.Dataset``), ``r
 ``control``, and writes on the main process only. With several processes (``accelerate launch``)
 every rank takes part in the explanation (the pass over the training set is split by rank and
 gathered by id, :mod:`hf_pairdots.distributed`) and rank 0 alone writes. The model the Trainer
-hands to callbacks may be DDP-wrapped; :func:`~hf_pairdots.influence.influence_mode` unwraps it.
+hands to callbacks may be DDP-wrapped; :func:`~hf_pairdots.modeling.influence_mode` unwraps it.
 
 The summary (``pairdots/queries``, ``pairdots/skipped``, ``pairdots/mean_top1_influence``,
 ``pairdots/seconds``; a ``None`` mean, when nothing was explained, is left out) goes through
@@ -40,9 +40,11 @@ from transformers import TrainerCallback
 
 from .arguments import ExplainArguments
 from .distributed import broadcast_object, is_distributed, is_main_process
-from .explain import Explainer, Query, predict_proba, skipped_rows
-from .influence import (compute_s_test, influence_mode, make_objective, mean_loss_gradient, prepare_data,
-                        self_influence, tail_disagreement, train_influence)
+from .explain import Explainer, Query, skipped_rows
+from .influence import mean_loss_gradient, self_influence, tail_disagreement, train_influence
+from .loss import make_train_loss, prepare_data
+from .modeling import influence_mode, predict_proba
+from .solve import compute_s_test
 from .report import ExplanationStore, atomic_write_text, write_dataset, write_report
 
 META_NAME = "meta.json"
@@ -56,7 +58,7 @@ def select_queries(texts, golds, probs, args: ExplainArguments,
     """Queries to explain and the rows skipped with their reason.
 
     Skips the rows of ``unscorable`` (``{row: reason}``: texts in which no word can be scored,
-    see :func:`~hf_pairdots.saliency.unscorable_texts`; default: the empty/whitespace texts)
+    see :func:`~hf_pairdots.text.unscorable_texts`; default: the empty/whitespace texts)
     and gold labels outside the model's labels (reason given);
     ``None`` gold (unlabelled data) is kept and only the predicted label is explained. An
     unlabelled row is never misclassified: with ``queries="misclassified"`` it is not selected
@@ -188,7 +190,7 @@ def explain_dataset(model, tokenizer, train, queries_ds, args: ExplainArguments,
 
     Finished queries (already in ``explanations.jsonl``) are skipped; the rest are explained in
     chunks of ``chunk_size`` queries, each chunk appended as soon as it is done. The model is
-    used through :func:`~hf_pairdots.influence.influence_mode` (float32, eval, unwrapped; its
+    used through :func:`~hf_pairdots.modeling.influence_mode` (float32, eval, unwrapped; its
     mode is restored; gradient-checkpointing hooks suspended; a DDP or accelerate wrapper is
     stripped). ``queries_ds`` without a ``label`` column is unlabelled: ``queries="all"``
     explains the predicted label only, ``"misclassified"`` selects nothing. ``meta`` (e.g. the
@@ -279,7 +281,7 @@ def find_suspicious(model, tokenizer, train, queries_ds, args: ExplainArguments)
     in the helpful tail of the dev-loss ranking than in its harmful tail), the diagnostics get a
     ``warning``, which is also logged.
 
-    The model is used through :func:`~hf_pairdots.influence.influence_mode`. Cost: a forward
+    The model is used through :func:`~hf_pairdots.modeling.influence_mode`. Cost: a forward
     pass over the training set per θ_S and one over the query split, the self-influence (see
     :func:`~hf_pairdots.influence.self_influence`: one explicit Hessian for ``"classifier"``)
     and one dev-loss solve with its eigenvalue estimates.
@@ -303,7 +305,7 @@ def find_suspicious(model, tokenizer, train, queries_ds, args: ExplainArguments)
             raise ValueError("find_suspicious: no training row can be scored (all are empty or lose every word "
                              "to the tokenizer); give a training set with text")
         kept = ([texts[i] for i in rows], [labels[i] for i in rows])
-        objective = make_objective(model, args.suspicious_params)
+        objective = make_train_loss(model, args.suspicious_params)
         data = prepare_data(objective, tokenizer, *kept, batch_size=args.batch_size, max_length=args.max_length)
         result = self_influence(objective, data, args.solver)
         top = torch.topk(result.scores, min(args.suspicious, len(rows)))
@@ -337,7 +339,7 @@ def _dev_loss_disagreement(model, tokenizer, train: tuple[list, list], queries_d
            if i not in skipped and gold is not None and 0 <= gold < model.config.num_labels]
     if not dev or len(train[0]) < 2:
         return {"skipped": "fewer than 2 training rows or no labelled, scorable query row"}
-    objective = make_objective(model, args.params)
+    objective = make_train_loss(model, args.params)
     data = prepare_data(objective, tokenizer, *train, batch_size=args.batch_size, max_length=args.max_length)
     dev_data = prepare_data(objective, tokenizer, [texts[i] for i in dev], [golds[i] for i in dev],
                             batch_size=args.batch_size, max_length=args.max_length)

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .influence import train_influence
+
 
 def is_distributed() -> bool:
     """True when ``torch.distributed`` is initialised with more than one process."""
@@ -105,28 +107,14 @@ def broadcast_object(obj, src: int = 0) -> list:
 def sharded_train_influence(objective, data, s_test: Tensor) -> Tensor:
     """:func:`~hf_pairdots.influence.train_influence` split over the ranks and gathered by id.
 
-    Each rank scores the round-robin shard of ``data.batches`` with the same ``s_test``; the
-    result, ``(Q, n)`` in the order of the training texts on the CPU, is the same on every rank
-    and equals the one-process result. In one process it is exactly ``train_influence``.
+    Each rank scores its round-robin share of ``data.batches``
+    (:meth:`~hf_pairdots.loss.PreparedData.shard`) with the same ``s_test``; the result,
+    ``(Q, n)`` in the order of the training texts on the CPU, is the same on every rank and
+    equals the one-process result. In one process it is exactly ``train_influence``.
     """
-    from .influence import PreparedData, train_influence
-
     if not is_distributed():
         return train_influence(objective, data, s_test)
-    rank, world = rank_and_world_size()
-    mine = shard(data.batches, rank, world)
-    ids = torch.cat([b["index"] for b in mine]) if mine else torch.empty(0, dtype=torch.long)
-    # Score the shard as a dense "dataset" of its own: positions 0..m-1 map to ids.
-    local = PreparedData([dict(b, index=torch.arange(start, start + len(b["index"])))
-                          for b, start in zip(mine, _offsets(mine))], len(ids))
-    scores = train_influence(objective, local, s_test) if mine else torch.empty(s_test.shape[0], 0,
-                                                                                  dtype=s_test.dtype)
+    local, ids = data.shard(*rank_and_world_size())
+    scores = train_influence(objective, local, s_test) if local.batches else torch.empty(s_test.shape[0], 0,
+                                                                                          dtype=s_test.dtype)
     return gather_by_id(ids, scores, data.size)
-
-
-def _offsets(batches: list[dict]) -> list[int]:
-    out, total = [], 0
-    for b in batches:
-        out.append(total)
-        total += len(b["index"])
-    return out

@@ -6,7 +6,7 @@ For each query and each explained label y (the predicted label y' and the gold l
 1. word saliency for y (Sec. 3.1) and the most salient word x_t;
 2. m = s(x_t) for y (``salient_by="value"``, the paper), or |s(x_t)| (``"magnitude"``: the
    saliency times its sign at θ, so that raising m means attending more to x_t either way);
-   ∇θ m (:meth:`~hf_pairdots.influence.Objective.saliency_gradients`, both labels of a query
+   ∇θ m (:meth:`~hf_pairdots.loss.TrainLoss.saliency_gradients`, both labels of a query
    together); s_test = (H + λI)⁻¹ ∇θ m (App. B, solver ``auto`` by default);
 3. I(z_i, w_y(e)) for every training example (Eq. 5), top-k by descending influence: the
    examples whose up-weighting most raises the attention to x_t;
@@ -48,11 +48,12 @@ from .augment.goals import EditGoal
 from .augment.search import search_edit
 from .cache import STestCache, cache_key, fingerprint_model, fingerprint_tensor, fingerprint_texts
 from .distributed import broadcast_object, broadcast_tensor, is_main_process, sharded_train_influence
-from .features import first_position_only
-from .influence import (compute_s_test, eval_mode, lowrank_hessian, make_objective, prepare_data, resolve_damping_scale,
-                        prepare_word_variants, word_influence)
-from .saliency import (autocast_disabled, encode_words, find_embedding_block, model_device, model_inputs, saliency,
-                       unscorable_texts, word_encoding)
+from .influence import prepare_word_variants, word_influence
+from .loss import make_train_loss, prepare_data
+from .modeling import autocast_disabled, find_embedding_block, first_position_only, predict_proba
+from .saliency import saliency
+from .solve import compute_s_test, lowrank_hessian, resolve_damping_scale
+from .text import encode_words, unscorable_texts, word_encoding
 from .stability import topk_overlap
 
 RESIDUAL_EXAMPLES = 256
@@ -96,37 +97,12 @@ class SolvedRows:
     cached: list[bool]
 
 
-@torch.no_grad()
-@autocast_disabled()
-def predict_proba(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_size: int = 64,
-                  max_length: int = 128, show_progress: bool = False) -> torch.Tensor:
-    """Class probabilities ``(N, num_labels)`` in the order of ``texts``, float32 on the CPU;
-    texts must be non-empty.
-
-    The forward passes run on the model's device, over batches of texts of similar length (sorted
-    by word count, so little padding), the last feed-forward block on position 0 only for the
-    BERT family (:func:`~hf_pairdots.features.first_position_only`), in eval mode (the model's
-    train/eval mode is restored afterwards) and in float32 even inside a caller's
-    ``torch.autocast`` region (:func:`~hf_pairdots.saliency.autocast_disabled`). Cost: N forward
-    passes.
-    """
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i].split()))
-    out = torch.empty(len(texts), model.config.num_labels)
-    device = model_device(model)
-    with eval_mode(model), first_position_only(model):  # a model straight out of Trainer.train() is in train mode
-        for start in tqdm(range(0, len(texts), batch_size), disable=not show_progress, desc="predict"):
-            rows = order[start:start + batch_size]
-            enc, _ = word_encoding(tokenizer, [texts[i] for i in rows], max_length, rows=rows)
-            out[rows] = model(**model_inputs(dict(enc), device)).logits.float().softmax(-1).cpu()
-    return out
-
-
 class Explainer:
     """Saliency + influence explanations against one training set.
 
     Args:
         model: the trained classifier, float32, eval mode (see
-            :func:`hf_pairdots.influence.influence_mode`), on any one device (its inputs,
+            :func:`hf_pairdots.modeling.influence_mode`), on any one device (its inputs,
             cached features, Hessian products and s_test are put there).
         tokenizer: its tokenizer.
         train_texts, train_labels: the training set (the Hessian and the candidates). Rows in
@@ -138,12 +114,12 @@ class Explainer:
         label_names: names of the labels (default ``model.config.id2label``).
 
     Construction, :meth:`explain` and :meth:`solve` run in float32 even inside a caller's
-    ``torch.autocast`` region (:func:`~hf_pairdots.saliency.autocast_disabled`).
+    ``torch.autocast`` region (:func:`~hf_pairdots.modeling.autocast_disabled`).
 
     Cost of construction: one forward pass over the training set (cached top features) and the
     eigenvalue estimates for automatic damping/scale, or for the definiteness check of a user-set
     damping (except ``solver="exact"``, which checks its explicit Hessian), about 2 x power_iters
-    full-data HVPs (:func:`~hf_pairdots.influence.resolve_damping_scale`);
+    full-data HVPs (:func:`~hf_pairdots.solve.resolve_damping_scale`);
     with ``args.solver.cache_dir`` also one sha256 pass over the model's weights and the
     training texts (:func:`~hf_pairdots.cache.fingerprint_model`, 0.4 s for MiniLM-L6).
 
@@ -186,7 +162,7 @@ class Explainer:
                              "texts with at least one word the tokenizer keeps")
         kept_texts = [self.train_texts[i] for i in self.train_rows]
         kept_labels = [self.train_labels[i] for i in self.train_rows]
-        self.objective = make_objective(model, args.params)
+        self.objective = make_train_loss(model, args.params)
         self.data = prepare_data(self.objective, tokenizer, kept_texts, kept_labels, batch_size=args.batch_size,
                                  max_length=args.max_length, rows=self.train_rows)
         self.lexicon = None
@@ -206,7 +182,7 @@ class Explainer:
                 fingerprint_texts(kept_texts, kept_labels),  # the scored rows: the score columns
                 self.solver,  # resolved λ and σ; cache_key leaves out keep_repeats and cache_dir
                 {"params": args.params, "max_length": args.max_length, "batch_size": args.batch_size,
-                 "objective": type(self.objective).__name__, "residual_examples": RESIDUAL_EXAMPLES},
+                 "objective": self.objective.key_name, "residual_examples": RESIDUAL_EXAMPLES},
             )
 
     @autocast_disabled()
@@ -232,7 +208,7 @@ class Explainer:
             ValueError: a query in which no word can be scored (empty, or every word deleted by
                 the tokenizer's normaliser), naming its ``index``, before any work.
             LissaDivergenceError, IndefiniteHessianError, FloatingPointError: from
-                :func:`~hf_pairdots.influence.compute_s_test`; nothing is cached then.
+                :func:`~hf_pairdots.solve.compute_s_test`; nothing is cached then.
         """
         if not queries:
             return []
@@ -264,7 +240,7 @@ class Explainer:
 
         Rows whose s_test, scores (and per-repeat scores, with LiSSA repeats) are all in the
         cache are read back bit for bit; the others are solved by one
-        :func:`~hf_pairdots.influence.compute_s_test` call over just those rows, scored in one
+        :func:`~hf_pairdots.solve.compute_s_test` call over just those rows, scored in one
         training pass, and written to the cache (s_test last, so a present s_test means a whole
         entry). Without ``cache_dir`` every row is solved. Several processes: rank 0 reads the
         cache and broadcasts what it found, every rank solves the same missing rows and keeps
@@ -377,7 +353,7 @@ class Explainer:
 
     def _measurement_gradients(self, rows: list[dict]) -> torch.Tensor:
         """∇θ m of every row, ``(len(rows), P)``: one
-        :meth:`~hf_pairdots.influence.Objective.saliency_gradients` call per query for all its
+        :meth:`~hf_pairdots.loss.TrainLoss.saliency_gradients` call per query for all its
         rows (the same text); with ``salient_by="magnitude"`` a row whose word has a negative
         saliency gets the sign flipped (m = |s(x_t)|)."""
         out = []
@@ -490,7 +466,7 @@ def _row_metadata(diagnostics: dict, num_rows: int) -> list[dict]:
 
 def skipped_rows(tokenizer, texts: Sequence[str], max_length: int) -> list[dict]:
     """``[{"index": i, "reason": str}, ...]`` for the texts in which no word can be scored
-    (:func:`~hf_pairdots.saliency.unscorable_texts`): the rows the Explainer leaves out."""
+    (:func:`~hf_pairdots.text.unscorable_texts`): the rows the Explainer leaves out."""
     return [{"index": i, "reason": reason} for i, reason in unscorable_texts(tokenizer, texts, max_length).items()]
 
 

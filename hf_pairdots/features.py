@@ -18,56 +18,19 @@ Devices: features are computed and kept on the model's device (they feed θ_S's 
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor, nn
 
-from .saliency import model_device, model_inputs
-
-
-def _bert_parts(model: nn.Module):
-    base = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    pooler = getattr(base, "pooler", None)
-    classifier = getattr(model, "classifier", None)
-    if layers is None or pooler is None or not isinstance(classifier, nn.Linear):
-        return None
-    last = layers[-1]
-    if not (hasattr(last, "intermediate") and hasattr(last, "output")):
-        return None
-    return base, last, pooler, classifier
+from .modeling import ModelLayout, first_position_only, model_device, model_inputs
 
 
 def supports_top_head(model: nn.Module) -> bool:
-    """Whether ``model`` has the BERT layout that :class:`TopHead` needs (layers, pooler, linear classifier)."""
-    return _bert_parts(model) is not None
+    """Whether ``model`` has the BERT layout that :class:`TopHead` needs (layers, pooler, linear
+    classifier): :attr:`~hf_pairdots.modeling.ModelLayout.has_top_head`."""
+    return ModelLayout.of(model).has_top_head
 
 
 CUTS = ("ffn", "pooler", "classifier")
-
-
-def _first_position(module, inputs, output):
-    return (output[0][:, :1], *output[1:]) if isinstance(output, tuple) else output[:, :1]
-
-
-@contextlib.contextmanager
-def first_position_only(model: nn.Module):
-    """Within the block, the last layer's attention block hands only position 0 on, so its
-    feed-forward block runs on one position per example instead of L: a BERT-family classifier
-    reads nothing else (the pooler takes position 0), so logits, losses and their derivatives are
-    unchanged, and about 11 % of the multiply-adds of MiniLM-L6 are saved (issue #3, capability
-    6). The last hidden state then has length 1. A model without the BERT layout runs unchanged."""
-    parts = _bert_parts(model)
-    attention = getattr(parts[1], "attention", None) if parts else None
-    if not isinstance(attention, nn.Module):
-        yield
-        return
-    handle = attention.register_forward_hook(_first_position)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 class TopHead(nn.Module):
@@ -87,14 +50,16 @@ class TopHead(nn.Module):
 
     def __init__(self, model: nn.Module, cut: str = "ffn"):
         super().__init__()
-        if _bert_parts(model) is None:
+        layout = ModelLayout.of(model)
+        if not layout.has_top_head:
             raise ValueError(f"{type(model).__name__} lacks the BERT layout (encoder.layer, pooler, classifier)")
         if cut not in CUTS:
             raise ValueError(f"cut={cut!r}: use one of {CUTS}")
         self.model, self.cut = model, cut
+        self.layout = layout  # a plain attribute: its modules are the model's, not registered twice
 
     def forward(self, features: Tensor) -> Tensor:
-        _, last, pooler, classifier = _bert_parts(self.model)
+        last, pooler, classifier = self.layout.last_layer, self.layout.pooler, self.layout.classifier
         if self.cut == "classifier":
             return classifier(features)
         hidden = features[:, None, :]
@@ -104,7 +69,7 @@ class TopHead(nn.Module):
 
     def parameter_names(self) -> set[str]:
         """Model parameter names that the head uses."""
-        _, last, pooler, classifier = _bert_parts(self.model)
+        last, pooler, classifier = self.layout.last_layer, self.layout.pooler, self.layout.classifier
         modules = {"classifier": (classifier,), "pooler": (pooler, classifier),
                    "ffn": (last.intermediate, last.output, pooler, classifier)}[self.cut]
         owned = {id(p) for m in modules for p in m.parameters()}
@@ -115,10 +80,11 @@ def cut_features(model: nn.Module, inputs: dict, cut: str = "ffn") -> Tensor:
     """The features at ``cut`` as a differentiable function of the model's inputs, ``(B, H)`` on
     the model's device, in the model's dtype: what :func:`compute_features` caches, without its
     ``no_grad`` (so derivatives with respect to the embeddings reach the cut: see
-    :meth:`hf_pairdots.influence.CachedTopObjective.saliency_gradients`).
+    :meth:`hf_pairdots.loss.CachedTopLoss.saliency_gradients`).
     ``inputs``: the model's keyword inputs, already on its device. Cost: one forward pass, the
     last feed-forward block on position 0 only."""
-    _, last, pooler, _ = _bert_parts(model)
+    layout = ModelLayout.of(model)
+    last, pooler = layout.last_layer, layout.pooler
     captured = {}
 
     def keep(module, inputs, output):

@@ -21,7 +21,7 @@ with the best smallest-eigenvalue evidence it has: :func:`exact_solve` the exact
 explicit Hessian, :func:`lowrank_solve` the kept eigenvalues (the system its closed form solves),
 :func:`conjugate_gradient` the Rayleigh quotient of a direction of non-positive curvature.
 :func:`lissa` sees only mini-batch products and cannot check; its divergence test is a backstop.
-:func:`hf_pairdots.influence.compute_s_test` checks a user-set damping against the Lanczos
+:func:`hf_pairdots.solve.compute_s_test` checks a user-set damping against the Lanczos
 estimate of λ_min before any solver runs, so every solver refuses the same systems there.
 
 Devices: the P-sized vectors stay on the device of ``v`` (the parameters' device) for the
@@ -41,27 +41,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .errors import LissaDivergenceError
+from .errors import IndefiniteHessianError, LissaDivergenceError
 
 HVP = Callable[[Tensor], Tensor]
-
-
-class IndefiniteHessianError(ValueError):
-    """H + damping·I is not positive definite, so s_test would flip the sign of influence.
-
-    Raised by :func:`check_positive_definite` for every solver, with one message naming
-    ``damping`` and the value to exceed. Attributes: ``lambda_min`` (the smallest eigenvalue of
-    H found, or an upper bound on it) and ``damping``.
-    """
-
-    def __init__(self, lambda_min: float, damping: float):
-        self.lambda_min, self.damping = lambda_min, damping
-        super().__init__(
-            f"H + damping*I is not positive definite: H has an eigenvalue at or below {lambda_min:.3g} and "
-            f"damping={damping:g} does not lift it above zero, so s_test would flip the sign of influence along "
-            f"it. Set damping above {-lambda_min:.3g}, or damping=None (automatic: the Lanczos estimate of "
-            "lambda_min plus a margin; raise power_iters if that estimate falls short)."
-        )
 
 
 def check_positive_definite(lambda_min: float, damping: float) -> None:
@@ -110,7 +92,7 @@ def lissa(hvp_sample: Callable[[Tensor, int], Tensor], v: Tensor, *, damping: fl
     smallest eigenvalue of H + λI. Averaging the tail of the iterates damps the mini-batch noise.
     Definiteness cannot be checked here (mini-batch products only): along an eigenvalue
     λ_i + λ < 0 the iterates grow by 1 + |λ_i + λ|/σ per step, which may stay under the bound
-    within ``depth``; :func:`hf_pairdots.influence.compute_s_test` checks λ_min first.
+    within ``depth``; :func:`hf_pairdots.solve.compute_s_test` checks λ_min first.
 
     Args:
         hvp_sample: ``(V (Q, P), step) -> H_step V``, the stochastic HVP.
@@ -195,7 +177,7 @@ def conjugate_gradient(hvp: HVP, v: Tensor, *, damping: float, tol: float = 1e-6
     raises :class:`IndefiniteHessianError` through :func:`check_positive_definite` with its
     Rayleigh quotient pᵀHp / pᵀp (an upper bound on λ_min). CG meets such a direction only once
     its Krylov space reaches a negative eigenvalue, so it can converge on an indefinite system
-    when ``v`` hardly touches that eigenvector; :func:`hf_pairdots.influence.compute_s_test`
+    when ``v`` hardly touches that eigenvector; :func:`hf_pairdots.solve.compute_s_test`
     checks a Lanczos estimate of λ_min first. Stops when every relative residual
     ||(H + λI)x - v|| / ||v|| is below ``tol``; rows that have converged stop moving and drop
     out of the HVPs. Stopping at ``max_iter`` first warns (``RuntimeWarning``, with the residual

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 
-from .explain import predict_proba
+from .modeling import predict_proba
 from .metrics import load_accuracy
 
 

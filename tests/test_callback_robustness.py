@@ -28,10 +28,11 @@ from hf_pairdots.arguments import ExplainArguments, SolverOptions
 from hf_pairdots.callback import META_NAME, PairDotsCallback, explain_dataset
 from hf_pairdots.cli import main as cli_main
 from hf_pairdots.data import load_text_classification
-from hf_pairdots.explain import predict_proba
+from hf_pairdots.errors import SaliencyError
+from hf_pairdots.modeling import predict_proba, suspend_input_require_grads
 from hf_pairdots.models import load_classifier, load_tokenizer, tiny_bert
 from hf_pairdots.report import JSONL_NAME, REPORT_NAME, ExplanationStore
-from hf_pairdots.saliency import SaliencyError, saliency, suspend_input_require_grads
+from hf_pairdots.saliency import saliency
 from hf_pairdots.training import tokenize_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -548,7 +549,7 @@ def test_predict_proba_runs_without_dropout_and_keeps_the_train_mode(tok):
     """A model straight out of ``Trainer.train()`` is in train mode; its accuracy used to be
     measured with dropout on (the recipe's "trainer" accuracy then depended on the global RNG).
     predict_proba now runs in eval mode, in the texts' order, and hands the model back in train mode."""
-    from hf_pairdots.explain import predict_proba
+    from hf_pairdots.modeling import predict_proba
     from hf_pairdots.models import tiny_bert
 
     model = tiny_bert(seed=3, initializer_range=0.5, hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5)

@@ -34,13 +34,16 @@ from hf_pairdots.arguments import ExplainArguments, SolverOptions
 from hf_pairdots.augment.search import exhaustive_search, search_edit
 from hf_pairdots.autograd import select_parameters
 from hf_pairdots.callback import explain_dataset
-from hf_pairdots.explain import Explainer, Query, predict_proba
+from hf_pairdots.explain import Explainer, Query
 from hf_pairdots.features import compute_features
-from hf_pairdots.influence import (CachedTopObjective, FullModelObjective, compute_s_test, full_hvp,
-                                   loss_measurement_gradient, make_objective, perturbation_influence, prepare_data,
-                                   saliency_measurement_gradient, tokenize, train_influence, word_influence)
+from hf_pairdots.influence import perturbation_influence, train_influence, word_influence
+from hf_pairdots.loss import CachedTopLoss, FullModelLoss, full_hvp, make_train_loss, prepare_data, tokenize
+from hf_pairdots.measurement import loss_measurement_gradient, saliency_measurement_gradient
+from hf_pairdots.modeling import model_device, model_inputs, predict_proba
 from hf_pairdots.models import tiny_bert
-from hf_pairdots.saliency import embedding_gradient, encode_words, model_device, model_inputs, saliency
+from hf_pairdots.saliency import embedding_gradient, saliency
+from hf_pairdots.solve import compute_s_test
+from hf_pairdots.text import encode_words
 from hf_pairdots.training import accuracy
 from testing_utils import train_influence_by_gradients
 
@@ -161,10 +164,10 @@ def test_predictions_come_back_on_the_cpu(meta_model, tok):
 # Influence: objectives, s_test, scores, Eq. 6-8
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("params, kind", [("top", CachedTopObjective), ("last:1", FullModelObjective)])
+@pytest.mark.parametrize("params, kind", [("top", CachedTopLoss), ("last:1", FullModelLoss)])
 def test_prepared_data_and_hvps_live_on_the_models_device(meta_model, tok, params, kind):
     with strict_meta():
-        objective = make_objective(meta_model, params)
+        objective = make_train_loss(meta_model, params)
         assert isinstance(objective, kind) and objective.device == META and _on(objective.theta)
         data = prepare_data(objective, tok, TRAIN, LABELS, batch_size=4, max_length=16)
         for batch in data.batches:
@@ -184,7 +187,7 @@ def test_s_test_and_scores(meta_model, tok, solver, fixed_lanczos):
     """s_test (and the per-repeat solutions) on the model's device, every score on the CPU,
     whatever device the inputs come from."""
     with strict_meta():
-        objective = make_objective(meta_model, "classifier" if solver["solver"] == "exact" else "head")
+        objective = make_train_loss(meta_model, "classifier" if solver["solver"] == "exact" else "head")
         data = prepare_data(objective, tok, TRAIN, LABELS, batch_size=2, max_length=16)
         v = loss_measurement_gradient(objective, objective.prepare(tokenize(tok, TRAIN[:2], LABELS[:2], 16)))
         assert _on(v) and v.shape == (2, objective.params.numel)
@@ -211,7 +214,7 @@ def test_saliency_measurement_gradient_from_a_cpu_batch(meta_model, tok):
 
 def test_edit_search(meta_model, tok, lexicon):
     with strict_meta():
-        objective = make_objective(meta_model, "head")
+        objective = make_train_loss(meta_model, "head")
         s = torch.ones(objective.params.numel)  # a CPU s_test
         result = search_edit(objective, tok, lexicon, "a good happy movie", 1, s, "fix_up", num_sampled=1,
                              max_candidates=2)

@@ -25,7 +25,8 @@ SCRIPT = textwrap.dedent('''
     from hf_pairdots.arguments import ExplainArguments, SolverOptions
     from hf_pairdots.callback import explain_dataset
     from hf_pairdots.distributed import is_distributed, rank_and_world_size, sharded_train_influence
-    from hf_pairdots.influence import influence_mode, make_objective, prepare_data
+    from hf_pairdots.loss import make_train_loss, prepare_data
+    from hf_pairdots.modeling import influence_mode
     from hf_pairdots.models import load_tokenizer, tiny_bert
 
     WORDS = "good bad movie film great terrible plot actor boring fun story slow nice awful".split()
@@ -50,7 +51,7 @@ SCRIPT = textwrap.dedent('''
             model = tiny_bert(seed=0)
             if timing:  # wall time of the streamed scoring alone, Q=4 queries
                 with influence_mode(model) as m:
-                    objective = make_objective(m, "head")
+                    objective = make_train_loss(m, "head")
                     data = prepare_data(objective, tok, train_texts, train["label"], batch_size=8, max_length=16)
                     s_test = torch.randn(4, objective.params.numel, generator=torch.Generator().manual_seed(0))
                     if is_distributed():
@@ -207,12 +208,14 @@ def test_reassemble_missing_or_bad_ids_raise():
 
 
 def test_single_process_is_identity(tok):
-    from hf_pairdots.influence import influence_mode, make_objective, prepare_data, train_influence
+    from hf_pairdots.influence import train_influence
+    from hf_pairdots.loss import make_train_loss, prepare_data
+    from hf_pairdots.modeling import influence_mode
     from hf_pairdots.models import tiny_bert
 
     assert gather_by_id(torch.tensor([2, 0, 1]), torch.tensor([[2.0, 0.0, 1.0]]), 3).tolist() == [[0.0, 1.0, 2.0]]
     with influence_mode(tiny_bert(seed=0)) as model:
-        objective = make_objective(model, "head")
+        objective = make_train_loss(model, "head")
         texts = ["good movie", "a bad plot indeed", "fun", "slow and boring story", "nice"]
         data = prepare_data(objective, tok, texts, [0, 1, 0, 1, 0], batch_size=2, max_length=16)
         s = torch.randn(2, objective.params.numel, generator=torch.Generator().manual_seed(0))

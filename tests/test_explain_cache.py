@@ -11,9 +11,11 @@ import torch
 
 import hf_pairdots.explain as explain_mod
 from hf_pairdots.arguments import ExplainArguments, SolverOptions
-from hf_pairdots.explain import Explainer, Query, predict_proba
-from hf_pairdots.influence import compute_s_test, train_influence
+from hf_pairdots.explain import Explainer, Query
+from hf_pairdots.influence import train_influence
+from hf_pairdots.modeling import predict_proba
 from hf_pairdots.models import tiny_bert
+from hf_pairdots.solve import compute_s_test
 from hf_pairdots.stability import topk_overlap
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

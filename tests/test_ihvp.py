@@ -13,8 +13,8 @@ import warnings
 import pytest
 import torch
 
-from hf_pairdots.autograd import hvp
 from hf_pairdots.arguments import ExplainArguments, SolverOptions
+from hf_pairdots.autograd import hvp
 from hf_pairdots.explain import Explainer
 from hf_pairdots.ihvp import (
     IndefiniteHessianError,
@@ -29,8 +29,9 @@ from hf_pairdots.ihvp import (
     relative_residual,
     top_eigenpairs,
 )
-from hf_pairdots.influence import compute_s_test, make_objective, prepare_data, resolve_damping_scale
+from hf_pairdots.loss import make_train_loss, prepare_data
 from hf_pairdots.models import tiny_bert
+from hf_pairdots.solve import compute_s_test, resolve_damping_scale
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -561,7 +562,7 @@ def head_problem(tok):
     """A tiny BERT (hidden 8) whose head Hessian (pooler + classifier, P = 90, 12 examples) is
     indefinite: λ_min ≈ -0.475. Closed form: torch.func.hessian of the mean loss, float64."""
     model = tiny_bert(hidden_size=8, num_attention_heads=2, intermediate_size=16, initializer_range=0.5, seed=0)
-    objective = make_objective(model, "head")
+    objective = make_train_loss(model, "head")
     data = prepare_data(objective, tok, HEAD_TRAIN, HEAD_LABELS, batch_size=4, max_length=16)
     hessian = torch.func.hessian(
         lambda th: torch.cat([objective.per_example_loss(th, b) for b in data.batches]).mean())(objective.theta)

@@ -15,32 +15,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from hf_pairdots import ihvp
+from hf_pairdots.arguments import SolverOptions
 from hf_pairdots.autograd import ParameterSet, select_parameters
 from hf_pairdots.features import TopHead, compute_features
 from hf_pairdots.influence import (
-    CachedTopObjective,
-    FullModelObjective,
-    Objective,
-    PreparedData,
-    SolverOptions,
-    choose_solver,
-    compute_s_test,
     erased_variants,
     example_influence,
-    full_hvp,
-    influence_mode,
-    loss_measurement_gradient,
-    make_objective,
     perturbation_influence,
-    prepare_data,
-    saliency_measurement,
-    saliency_measurement_gradient,
-    tokenize,
     train_influence,
     word_influence,
 )
+from hf_pairdots.loss import (
+    CachedTopLoss,
+    FullModelLoss,
+    PreparedData,
+    TrainLoss,
+    full_hvp,
+    make_train_loss,
+    prepare_data,
+    tokenize,
+)
+from hf_pairdots.measurement import loss_measurement_gradient, saliency_measurement, saliency_measurement_gradient
+from hf_pairdots.modeling import influence_mode, model_inputs
 from hf_pairdots.models import load_tokenizer, tiny_bert
-from hf_pairdots.saliency import encode_words, model_inputs
+from hf_pairdots.solve import choose_solver, compute_s_test
+from hf_pairdots.text import encode_words
 from testing_utils import train_influence_by_gradients
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -91,9 +90,9 @@ def test_top_head_equals_model_logits(bert, tok, cut):
 
 
 def test_full_model_objective_runs_the_last_feed_forward_on_position_0_only(bert, tok):
-    """FullModelObjective's loss and gradient over all parameters equal the plain model's, though
+    """FullModelLoss's loss and gradient over all parameters equal the plain model's, though
     its last feed-forward block sees one position per example (issue #3, capability 6)."""
-    objective = FullModelObjective(bert, select_parameters(bert, "all"))
+    objective = FullModelLoss(bert, select_parameters(bert, "all"))
     batch = objective.prepare(tokenize(tok, TEXTS, LABELS, 64))
     seen = []
     handle = bert.bert.encoder.layer[-1].intermediate.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
@@ -117,10 +116,10 @@ def test_cached_top_objective_equals_full_model_objective(bert, tok, preset, cut
     the cached top agree with the loss through the whole model, to 1e-5; "head" caches the
     pooler's input and skips the feed-forward block."""
     params = select_parameters(bert, preset)
-    cached, full = CachedTopObjective(bert, params), FullModelObjective(bert, params)
+    cached, full = CachedTopLoss(bert, params), FullModelLoss(bert, params)
     assert cached.head.cut == cut
-    assert isinstance(make_objective(bert, "top"), CachedTopObjective)
-    assert isinstance(make_objective(bert, "all"), FullModelObjective)
+    assert isinstance(make_train_loss(bert, "top"), CachedTopLoss)
+    assert isinstance(make_train_loss(bert, "all"), FullModelLoss)
     dc = prepare_data(cached, tok, TEXTS, LABELS, batch_size=4)
     df = prepare_data(full, tok, TEXTS, LABELS, batch_size=4)
     assert len(dc.batches) == 1 and len(df.batches) == 2  # the cached rows form one block
@@ -152,7 +151,7 @@ def test_cached_top_objective_equals_full_model_objective(bert, tok, preset, cut
 ])
 def test_C12_jvp_route_equals_per_example_gradients(bert, tok, kind, params):
     pset = select_parameters(bert, params)
-    objective = (CachedTopObjective if kind == "cached" else FullModelObjective)(bert, pset)
+    objective = (CachedTopLoss if kind == "cached" else FullModelLoss)(bert, pset)
     data = prepare_data(objective, tok, TEXTS, LABELS, batch_size=4)
     s = directions(pset.numel, q=2, seed=1)
     by_jvp = train_influence(objective, data, s)
@@ -164,7 +163,8 @@ def test_C12_jvp_route_equals_per_example_gradients(bert, tok, kind, params):
 
 @pytest.mark.parametrize("kind", ["cached", "full"])
 def test_invariance_to_batch_size_and_padding(bert, tok, kind):
-    objective = make_objective(bert, "top") if kind == "cached" else FullModelObjective(bert, select_parameters(bert, "top"))
+    top = select_parameters(bert, "top")
+    objective = make_train_loss(bert, top) if kind == "cached" else FullModelLoss(bert, top)
     s = directions(objective.params.numel, q=2, seed=2)
     d1 = prepare_data(objective, tok, TEXTS, LABELS, batch_size=1)
     d5 = prepare_data(objective, tok, TEXTS, LABELS, batch_size=5)
@@ -214,17 +214,17 @@ def test_saliency_measurement_gradient_equals_finite_difference(tok, mode, param
 @pytest.mark.parametrize("mode, target", [("gradient", "prob"), ("grad_x_input", "prob"), ("gradient", "margin"),
                                           ("l2", "logprob")])
 def test_cached_top_saliency_gradients_equal_the_double_backward_route(tok, preset, mode, target):
-    """CachedTopObjective.saliency_gradients (one Jacobian-vector product below the cut, then
+    """CachedTopLoss.saliency_gradients (one Jacobian-vector product below the cut, then
     the head alone) equals the general route (double backward through the whole model) row by
     row: two labels of one text, each with its own word (two pieces, or one); "l2" falls back
     to the general route itself. The general route is checked against finite differences above."""
     model = tiny_bert(initializer_range=0.2)
-    objective = make_objective(model, preset)
-    assert isinstance(objective, CachedTopObjective)
+    objective = make_train_loss(model, preset)
+    assert isinstance(objective, CachedTopLoss)
     enc, _, _ = encode_words(tok, ["the plot was good but the acting was bad"])
     labels, positions = [1, 0], [[2, 3], [6]]
     fast = objective.saliency_gradients(dict(enc), labels, positions, mode=mode, target=target)
-    general = Objective.saliency_gradients(objective, dict(enc), labels, positions, mode=mode, target=target)
+    general = TrainLoss.saliency_gradients(objective, dict(enc), labels, positions, mode=mode, target=target)
     assert fast.shape == (2, objective.params.numel)
     for row in range(2):
         assert float(general[row].norm()) > 1e-3
@@ -237,7 +237,7 @@ def test_cached_top_saliency_gradients_under_inference_mode_and_with_a_repeated_
     there), counts a repeated position twice as the general route does, and refuses rows that
     do not pair up or a batch of two texts."""
     model = tiny_bert(initializer_range=0.2)
-    objective = make_objective(model, "head")
+    objective = make_train_loss(model, "head")
     enc, _, _ = encode_words(tok, ["the plot was good but the acting was bad"])
     batch = dict(enc)
     plain = objective.saliency_gradients(batch, [1], [[2]])
@@ -245,12 +245,12 @@ def test_cached_top_saliency_gradients_under_inference_mode_and_with_a_repeated_
         inside = objective.saliency_gradients(batch, [1], [[2]])
     assert torch.allclose(inside, plain, rtol=1e-6, atol=0) and float(plain.norm()) > 1e-3
     twice = objective.saliency_gradients(batch, [1], [[2, 2]])
-    assert rel(twice, Objective.saliency_gradients(objective, batch, [1], [[2, 2]])) < 1e-5
+    assert rel(twice, TrainLoss.saliency_gradients(objective, batch, [1], [[2, 2]])) < 1e-5
     assert rel(twice, 2 * plain) < 1e-5
     with pytest.raises(ValueError, match="2 labels and 1 position lists"):
         objective.saliency_gradients(batch, [1, 0], [[2]])
     with pytest.raises(ValueError, match="2 labels and 1 position lists"):
-        Objective.saliency_gradients(objective, batch, [1, 0], [[2]])
+        TrainLoss.saliency_gradients(objective, batch, [1, 0], [[2]])
     with pytest.raises(ValueError, match="one tokenised text"):
         two, _, _ = encode_words(tok, ["a good movie", "a bad movie"])
         objective.saliency_gradients(dict(two), [1, 0], [[2], [2]])
@@ -262,7 +262,7 @@ def test_cached_top_saliency_gradients_under_inference_mode_and_with_a_repeated_
 
 @pytest.fixture(scope="module")
 def top_objective(bert):
-    return make_objective(bert, "top")
+    return make_train_loss(bert, "top")
 
 
 def test_eq7_perturbation_influence_is_a_difference(top_objective, tok):
@@ -346,7 +346,7 @@ def test_C07_frozen_embeddings_are_left_out(tok):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert pset.numel == trainable
     assert not any(n.startswith("bert.embeddings.") for n in pset.names)
-    objective = FullModelObjective(model, pset)
+    objective = FullModelLoss(model, pset)
     data = prepare_data(objective, tok, TEXTS, LABELS, batch_size=4)
     s = directions(pset.numel, q=1, seed=7)
     assert rel(train_influence(objective, data, s), train_influence_by_gradients(objective, data, s)) < 1e-4
@@ -367,7 +367,7 @@ def test_C07_tied_weights_counted_once(tok):
     unique = {id(p): p.numel() for p in model.parameters()}
     assert pset.numel == sum(unique.values())
     assert len(set(map(id, pset.tensors))) == len(pset.tensors)
-    objective = FullModelObjective(model, pset)
+    objective = FullModelLoss(model, pset)
     test = tokenize(tok, ["a great plot", "bad film"], [1, 0], 64)
     g = loss_measurement_gradient(objective, objective.prepare(test))
     model.zero_grad()
@@ -443,8 +443,8 @@ def test_C10_duplicate_helpful_flipped_harmful(trained, tok, params, solver):
     test loss) and > 0 for the label-flipped copy, on every path. With (H + λI) ≻ 0 this is
     guaranteed: for two labels the flipped copy's gradient is -(p0/p1) x the duplicate's.
     λ = 0.5 makes H + λI positive definite (checked exactly on the top subset)."""
-    objective = make_objective(trained, params)
-    assert isinstance(objective, CachedTopObjective if params == "top" else FullModelObjective)
+    objective = make_train_loss(trained, params)
+    assert isinstance(objective, CachedTopLoss if params == "top" else FullModelLoss)
     data = prepare_data(objective, tok, C10_TEXTS, C10_LABELS, batch_size=4)
     test = objective.prepare(tokenize(tok, [TEST_TEXT], [TEST_LABEL], 32))
     v = loss_measurement_gradient(objective, test)
@@ -470,7 +470,7 @@ def test_C10_duplicate_helpful_flipped_harmful(trained, tok, params, solver):
 
 def test_C10_paths_agree(trained, tok):
     """Exact, CG, LiSSA and low-rank give the same scores on the top subset (so rankings cannot swap)."""
-    objective = make_objective(trained, "top")
+    objective = make_train_loss(trained, "top")
     data = prepare_data(objective, tok, C10_TEXTS, C10_LABELS, batch_size=4)
     v = loss_measurement_gradient(objective, objective.prepare(tokenize(tok, [TEST_TEXT], [TEST_LABEL], 32)))
     scores = {}
@@ -496,7 +496,7 @@ def test_C10_paths_agree(trained, tok):
 ALPHA = 0.05
 
 
-class LogisticObjective(Objective):
+class LogisticObjective(TrainLoss):
     """Per-example loss softplus(z) - y z + α/2 ||w||² with z = w·x + b over a flat θ = (w, b);
     batches carry the features "x"."""
 
@@ -644,7 +644,7 @@ def test_influence_mode_fp16_uses_float32_copy(tok):
         assert m32 is not model
         assert all(p.dtype == torch.float32 for p in m32.parameters())
         assert m32.training is False
-        objective = make_objective(m32, "top")
+        objective = make_train_loss(m32, "top")
         data = prepare_data(objective, tok, TEXTS[:3], LABELS[:3])
         scores = train_influence(objective, data, directions(objective.params.numel, q=1))
         assert torch.isfinite(scores).all()

@@ -185,6 +185,18 @@ def test_every_error_is_a_pairdots_error_and_keeps_its_old_base(name):
     assert not issubclass(errors.PairDotsError, RuntimeError)
 
 
+def test_the_indefinite_hessian_error_is_a_pairdots_error_and_stays_a_value_error():
+    from hf_pairdots import ihvp
+
+    cls = errors.IndefiniteHessianError
+    assert issubclass(cls, errors.PairDotsError) and issubclass(cls, ValueError) and not issubclass(cls, RuntimeError)
+    assert hf_pairdots.IndefiniteHessianError is cls and ihvp.IndefiniteHessianError is cls  # the old import path
+    assert "IndefiniteHessianError" in hf_pairdots.__all__ and "IndefiniteHessianError" in errors.__all__
+    with pytest.raises(ValueError, match="Set damping above 0.5") as caught:  # an old `except ValueError`
+        ihvp.check_positive_definite(-0.5, 0.1)
+    assert (caught.value.lambda_min, caught.value.damping) == (-0.5, 0.1)
+
+
 # ---------------------------------------------------------------------------------- public API
 
 

@@ -20,24 +20,16 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 
 from hf_pairdots import ihvp
+from hf_pairdots.arguments import SolverOptions
 from hf_pairdots.autograd import select_parameters
-from hf_pairdots.influence import (
-    FullModelObjective,
-    SolverOptions,
-    compute_s_test,
-    example_influence,
-    full_hvp,
-    influence_mode,
-    loss_measurement_gradient,
-    make_objective,
-    prepare_data,
-    saliency_measurement,
-    saliency_measurement_gradient,
-    tokenize,
-    train_influence,
-)
+from hf_pairdots.influence import example_influence, train_influence
+from hf_pairdots.loss import FullModelLoss, full_hvp, make_train_loss, prepare_data, tokenize
+from hf_pairdots.measurement import loss_measurement_gradient, saliency_measurement, saliency_measurement_gradient
+from hf_pairdots.modeling import find_embedding_block, influence_mode, model_inputs
 from hf_pairdots.models import tiny_bert
-from hf_pairdots.saliency import encode_words, find_embedding_block, model_inputs, saliency
+from hf_pairdots.saliency import saliency
+from hf_pairdots.solve import compute_s_test
+from hf_pairdots.text import encode_words
 from testing_utils import train_influence_by_gradients
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -106,7 +98,7 @@ def test_lora_preset_selects_the_adapters(trained):
     # Same layout as named_parameters (the flattening order is fixed once).
     order = [n for n, _ in trained.named_parameters() if n in adapters]
     assert list(pset.names) == order
-    assert isinstance(make_objective(trained, "lora"), FullModelObjective)
+    assert isinstance(make_train_loss(trained, "lora"), FullModelLoss)
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,7 +109,7 @@ def test_C09_lora_gradients_in_eval_mode(trained, tok):
     """After model.eval(), ∇θL(z) over the LoRA weights is finite, non-zero in every A and B,
     deterministic (LoRA dropout is off) and equal to the autograd .grad of the live model."""
     assert not trained.training
-    objective = make_objective(trained, "lora")
+    objective = make_train_loss(trained, "lora")
     test = tokenize(tok, [TEST_TEXT, "a bad movie"], [TEST_LABEL, 0], 32)
     g = loss_measurement_gradient(objective, objective.prepare(test))
     assert g.shape == (2, 256) and torch.isfinite(g).all()
@@ -142,7 +134,7 @@ def test_C09_zero_initialised_B_gives_zero_A_gradient(tok):
     """Why the fixture trains first: at peft's initialisation B = 0, so ∂L/∂A = 0 exactly while
     ∂L/∂B ≠ 0 (influence over A alone would be identically zero)."""
     model = lora(seed=1).eval()
-    objective = make_objective(model, "lora")
+    objective = make_train_loss(model, "lora")
     g = loss_measurement_gradient(objective, objective.prepare(tokenize(tok, [TEST_TEXT], [1], 32)))[0]
     norms = blocks(objective.params, g)
     assert all(v == 0 for n, v in norms.items() if ".lora_A." in n)
@@ -154,7 +146,7 @@ def test_C09_zero_initialised_B_gives_zero_A_gradient(tok):
 # --------------------------------------------------------------------------------------------
 
 def test_lora_jvp_route_equals_per_example_gradients(trained, tok):
-    objective = make_objective(trained, "lora")
+    objective = make_train_loss(trained, "lora")
     data = prepare_data(objective, tok, C10_TEXTS, C10_LABELS, batch_size=4)
     s = torch.randn(2, objective.params.numel, generator=torch.Generator().manual_seed(1))
     by_jvp = train_influence(objective, data, s)
@@ -170,7 +162,7 @@ def test_lora_jvp_route_equals_per_example_gradients(trained, tok):
 
 @pytest.fixture(scope="module")
 def lora_c10(trained, tok):
-    objective = make_objective(trained, "lora")
+    objective = make_train_loss(trained, "lora")
     data = prepare_data(objective, tok, C10_TEXTS, C10_LABELS, batch_size=8)
     v = loss_measurement_gradient(objective, objective.prepare(tokenize(tok, [TEST_TEXT], [TEST_LABEL], 32)))
     hessian = ihvp.explicit_hessian(full_hvp(objective, data), objective.params.numel)

@@ -3,9 +3,9 @@
 A caller's ``torch.autocast`` region (a mixed-precision evaluation loop, a bf16 script) used to
 reach saliency, ∇θ m, the HVPs and the scores: on this tiny BERT under CPU bf16 the influence
 scores moved by 1.3 % and the saliencies by 0.7 %, silently. Every public entry point that
-touches the model (:func:`~hf_pairdots.saliency.saliency`, :func:`~hf_pairdots.explain.predict_proba`,
+touches the model (:func:`~hf_pairdots.saliency.saliency`, :func:`~hf_pairdots.modeling.predict_proba`,
 :class:`~hf_pairdots.explain.Explainer`, :func:`~hf_pairdots.callback.explain_dataset` through
-:func:`~hf_pairdots.influence.influence_mode`) now leaves the region for its work, gives the
+:func:`~hf_pairdots.modeling.influence_mode`) now leaves the region for its work, gives the
 float32 numbers, and hands the region back to the caller unchanged.
 """
 
@@ -17,10 +17,10 @@ import torch
 
 from hf_pairdots.arguments import ExplainArguments, SolverOptions
 from hf_pairdots.callback import explain_dataset
-from hf_pairdots.explain import Explainer, Query, predict_proba
-from hf_pairdots.influence import influence_mode
+from hf_pairdots.explain import Explainer, Query
+from hf_pairdots.modeling import autocast_disabled, influence_mode, predict_proba
 from hf_pairdots.models import tiny_bert
-from hf_pairdots.saliency import autocast_disabled, saliency
+from hf_pairdots.saliency import saliency
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -17,7 +17,7 @@ Reference: θ_ε = argmin (1/n) Σ L(z_i) + ε Σ_k c_k L(u_k) by Newton's metho
 gradient norm < 1e-12, warm-started at θ̂, and the central difference
 (m(θ_{+ε}) - m(θ_{-ε})) / 2ε with ε = 1e-3 (error O(ε²)).
 
-What goes through the library: the :class:`~hf_pairdots.influence.Objective` subclass below,
+What goes through the library: the :class:`~hf_pairdots.loss.TrainLoss` subclass below,
 :func:`prepare_data` (with a whitespace toy tokenizer, so texts are batched, length-sorted and
 padded exactly as for a transformer), :func:`compute_s_test` (exact and CG), :func:`train_influence`
 (Eq. 5), :func:`perturbation_influence` (Eq. 7, the I(z̃, m) - I(z, m) of texts) and
@@ -35,20 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hf_pairdots.arguments import SolverOptions
 from hf_pairdots.autograd import ParameterSet, select_parameters
-from hf_pairdots.influence import (
-    Objective,
-    SolverOptions,
-    compute_s_test,
-    loss_measurement_gradient,
-    perturbation_influence,
-    prepare_data,
-    saliency_measurement,
-    saliency_measurement_gradient,
-    tokenize,
-    train_influence,
-    word_influence,
-)
+from hf_pairdots.influence import perturbation_influence, train_influence, word_influence
+from hf_pairdots.loss import TrainLoss, prepare_data, tokenize
+from hf_pairdots.measurement import loss_measurement_gradient, saliency_measurement, saliency_measurement_gradient
+from hf_pairdots.solve import compute_s_test
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -105,7 +97,7 @@ def split_theta(theta):
     return theta[:K * DIM].view(K, DIM), theta[K * DIM:]
 
 
-class ToyObjective(Objective):
+class ToyObjective(TrainLoss):
     """L(z; θ) = CE(W·mean(E[x]) + b, y) + α/2 ||θ||² over the flat θ = (W row-major, b)."""
 
     vectorized = True

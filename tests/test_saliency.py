@@ -11,17 +11,11 @@ import torch
 from torch import nn
 from transformers import BertConfig
 
+from hf_pairdots.errors import SaliencyError
+from hf_pairdots.modeling import find_embedding_block, model_inputs
 from hf_pairdots.models import load_classifier, tiny_bert
-from hf_pairdots.saliency import (
-    SaliencyError,
-    embedding_gradient,
-    encode_words,
-    find_embedding_block,
-    model_inputs,
-    saliency,
-    token_saliency,
-    word_scores,
-)
+from hf_pairdots.saliency import embedding_gradient, saliency, token_saliency, word_scores
+from hf_pairdots.text import encode_words
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

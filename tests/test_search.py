@@ -24,16 +24,14 @@ from hf_pairdots.augment.search import (
     substitute,
     word_spans,
 )
-from hf_pairdots.influence import (
-    compute_s_test,
-    make_objective,
-    perturbation_influence,
-    prepare_data,
-    saliency_measurement_gradient,
-    word_influence,
-)
+from hf_pairdots.influence import perturbation_influence, word_influence
+from hf_pairdots.loss import make_train_loss, prepare_data
+from hf_pairdots.measurement import saliency_measurement_gradient
+from hf_pairdots.modeling import model_inputs
 from hf_pairdots.models import tiny_bert
-from hf_pairdots.saliency import encode_words, model_inputs, saliency
+from hf_pairdots.saliency import saliency
+from hf_pairdots.solve import compute_s_test
+from hf_pairdots.text import encode_words
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -86,7 +84,7 @@ QUERY = "a wonderful and moving film"
 def setup(tok):
     """(objective, s_test (1, P)) for the saliency of QUERY's most salient word for label 1."""
     model = tiny_bert(seed=0, initializer_range=0.2)
-    objective = make_objective(model, "top")
+    objective = make_train_loss(model, "top")
     data = prepare_data(objective, tok, TEXTS, LABELS)
     [sal] = saliency(model, tok, [QUERY], [1])
     enc, _, _ = encode_words(tok, [QUERY], 128)

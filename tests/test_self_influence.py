@@ -22,11 +22,11 @@ from hf_pairdots.arguments import ExplainArguments, SolverOptions
 from hf_pairdots.autograd import ParameterSet, select_parameters
 from hf_pairdots.callback import SUSPICIOUS_NAME, explain_dataset, find_suspicious
 from hf_pairdots.cli import main as cli_main
-from hf_pairdots.influence import (FullModelObjective, Objective, PreparedData, compute_s_test, make_objective,
-                                   mean_loss_gradient, prepare_data, self_influence, tail_disagreement,
-                                   train_influence)
+from hf_pairdots.influence import mean_loss_gradient, self_influence, tail_disagreement, train_influence
+from hf_pairdots.loss import FullModelLoss, PreparedData, TrainLoss, make_train_loss, prepare_data
 from hf_pairdots.models import tiny_bert
 from hf_pairdots.report import REPORT_NAME, render_html
+from hf_pairdots.solve import compute_s_test
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -71,7 +71,7 @@ def rel(a, b):
 def test_self_influence_equals_the_closed_form(bert, tok, params, solver):
     """Automatic damping (the head of an untrained model is indefinite), resolved once; "auto"
     is the exact solver for both small θ_S (P = 66 and 1,122); CG to 1e-8 agrees as well."""
-    objective = make_objective(bert, params)
+    objective = make_train_loss(bert, params)
     data = prepare_data(objective, tok, TEXTS, LABELS, batch_size=4, max_length=32)
     result = self_influence(objective, data, SolverOptions(solver=solver, cg_tol=1e-8))
     assert result.scores.shape == (len(TEXTS),) and result.scores.device.type == "cpu"
@@ -86,7 +86,7 @@ def test_self_influence_blocks_span_batches_and_the_full_model_route_agrees(bert
     """Blocks of 3 rows over batches of 4 (rows of two batches merged into one solve) give the
     same scores as one block, and so does scoring a few rows only; the non-vectorised full-model
     objective gives them too."""
-    objective = make_objective(bert, "classifier")
+    objective = make_train_loss(bert, "classifier")
     data = prepare_data(objective, tok, TEXTS, LABELS, batch_size=4, max_length=32)
     options = SolverOptions(damping=0.05)
     whole = self_influence(objective, data, options)
@@ -100,7 +100,7 @@ def test_self_influence_blocks_span_batches_and_the_full_model_route_agrees(bert
     monkeypatch.undo()
     few = (TEXTS[:5], LABELS[:5])
     cached = self_influence(objective, prepare_data(objective, tok, *few, batch_size=2, max_length=32), options)
-    full = FullModelObjective(bert, select_parameters(bert, "classifier"))
+    full = FullModelLoss(bert, select_parameters(bert, "classifier"))
     by_model = self_influence(full, prepare_data(full, tok, *few, batch_size=2, max_length=32), options)
     assert torch.allclose(by_model.scores, cached.scores, rtol=1e-4)
 
@@ -112,7 +112,7 @@ def test_self_influence_blocks_span_batches_and_the_full_model_route_agrees(bert
 ALPHA = 0.05
 
 
-class Logistic(Objective):
+class Logistic(TrainLoss):
     """softplus(z) - y z + α/2 ||w||², z = w·x + b, over a float64 θ = (w, b); batches hold "x"."""
 
     vectorized = True

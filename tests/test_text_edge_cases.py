@@ -21,10 +21,12 @@ import torch
 from hf_pairdots.arguments import ExplainArguments, SolverOptions
 from hf_pairdots.callback import META_NAME, explain_dataset
 from hf_pairdots.explain import Explainer, Query
-from hf_pairdots.influence import make_objective, prepare_data, prepare_word_variants, word_influence
+from hf_pairdots.influence import prepare_word_variants, word_influence
+from hf_pairdots.loss import make_train_loss, prepare_data
 from hf_pairdots.models import tiny_bert
 from hf_pairdots.report import JSONL_NAME, REPORT_NAME
-from hf_pairdots.saliency import NO_TOKEN_TEXT, encode_words, saliency, unscorable_texts
+from hf_pairdots.saliency import saliency
+from hf_pairdots.text import NO_TOKEN_TEXT, encode_words, unscorable_texts
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -105,7 +107,7 @@ def test_explainer_directly_maps_scores_to_dataset_rows(tok):
 
 
 def test_errors_name_the_callers_row(tok):
-    objective = make_objective(tiny_bert(), "head")
+    objective = make_train_loss(tiny_bert(), "head")
     texts = ["a good film", "the plot was fine", "", "bad"]
     # The length sort puts "" first: the old message said "text 0".
     with pytest.raises(ValueError, match=r"text 2 is empty"):
@@ -140,7 +142,7 @@ def test_zero_token_words_are_not_truncated(tok):
 
 @pytest.mark.parametrize("eraser", ["unk", "zero"])
 def test_eq8_scores_stay_on_their_words(tok, eraser):
-    objective = make_objective(tiny_bert(), "top")
+    objective = make_train_loss(tiny_bert(), "top")
     s = torch.randn(2, objective.params.numel, generator=torch.Generator().manual_seed(3))
     plain = word_influence(objective, tok, "the plot was fine", 1, s, eraser=eraser)
     got = word_influence(objective, tok, f"the {ZWSP} plot was {ACCENT} fine", 1, s, eraser=eraser)

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import datasets
 import torch
 
+from ..constants import ANTONYM_LABEL_RULES
 from .goals import GOALS, goal_group
 from .lexicon import Lexicon
 from .search import random_edit
@@ -85,8 +86,6 @@ text the replacement starts at ``char_start``); ``original_word``/``replacement`
 (``synonym``/``antonym``); ``predicted_influence_change``: I(z, z̃, m) of Eq. 7 (null for the
 random baseline); ``stage``: ``two-stage``, ``sampled`` or ``random``; ``seed``: the search
 seed."""
-
-ANTONYM_LABEL_RULES = ("keep", "flip")
 
 
 def explain_mode(objective: str) -> str:

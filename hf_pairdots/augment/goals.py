@@ -31,13 +31,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..constants import EDIT_MODES, ROLES
+
 __all__ = ["EDIT_MODES", "GOALS", "GOAL_GROUPS", "ROLES", "EditGoal", "GoalGroup", "edit_goal", "goal_group"]
-
-EDIT_MODES = ("fix", "attack")
-"""Values of ``ExplainArguments.edit`` (besides ``None``, no edits)."""
-
-ROLES = ("gold", "predicted")
-"""The label rows a goal can move, gold first."""
 
 
 @dataclass(frozen=True)

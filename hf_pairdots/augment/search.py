@@ -53,8 +53,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..influence import Objective, perturbation_influence, word_influence
-from ..saliency import encode_words
+from ..influence import perturbation_influence, word_influence
+from ..loss import TrainLoss
+from ..text import encode_words
 from .goals import GOAL_GROUPS, GOALS, EditGoal, edit_goal
 from .lexicon import Lexicon
 
@@ -273,7 +274,7 @@ def _edit(text: str, trial: Trial, direction: int | None, stage: str) -> Edit:
                 stage, start, end)
 
 
-def search_edit(objective: Objective, tokenizer, lexicon: Lexicon, text: str, label: int, s_test: torch.Tensor,
+def search_edit(objective: TrainLoss, tokenizer, lexicon: Lexicon, text: str, label: int, s_test: torch.Tensor,
                 goal: EditGoal | str, *, num_sampled: int = 5, max_candidates: int = 20,
                 generator: torch.Generator | None = None, eraser: str = "unk", max_length: int = 128,
                 word_scores: torch.Tensor | None = None) -> SearchResult:
@@ -332,7 +333,7 @@ def search_edit(objective: Objective, tokenizer, lexicon: Lexicon, text: str, la
     return SearchResult(edit, None, chosen, sampled, trials, calls=1 + len(sampled))
 
 
-def exhaustive_search(objective: Objective, tokenizer, lexicon: Lexicon, text: str, label: int,
+def exhaustive_search(objective: TrainLoss, tokenizer, lexicon: Lexicon, text: str, label: int,
                       s_test: torch.Tensor, goal: EditGoal | str, *, max_candidates: int = 20,
                       max_length: int = 128) -> SearchResult:
     """The optimum of Eq. 9/10 over every (position, substitute) pair: the reference the

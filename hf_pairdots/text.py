@@ -1,0 +1,130 @@
+"""Whitespace words and their tokenisation: which words of a text the model sees.
+
+The whitespace word is the unit of saliency (Sec. 3.1) and of Eq. 8. Texts are tokenised as
+pre-split words (``is_split_into_words=True``), so the tokenizer's ``word_ids`` map every word
+piece back to its word; special tokens ([CLS], [SEP], padding) map to no word. Which words are
+scored always comes from the encoding's word ids (:func:`scored_words`): a word past
+``max_length`` has no token, and neither has a word that the tokenizer's normaliser deletes (a
+zero-width space, a lone combining accent), which is not counted as truncated
+(:func:`truncated_words`). :func:`unscorable_texts` finds, before any model call, the texts in
+which no word can be scored.
+
+Devices: the tokenizer builds CPU tensors; :func:`~hf_pairdots.modeling.model_inputs` moves them
+to the model's device right before a forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+EMPTY_TEXT = "empty or whitespace-only text"
+
+
+NO_TOKEN_TEXT = "no token: the tokenizer's normaliser deletes every character"
+"""Reasons, in skipped-row lists, why nothing of a text can be scored."""
+
+
+def encode_words(tokenizer, texts: Sequence[str], max_length: int | None = None,
+                 pad_to_multiple_of: int | None = None, rows: Sequence[int] | None = None):
+    """Tokenise whitespace-split texts so that ``word_ids`` index the whitespace words.
+
+    ``pad_to_multiple_of``: pad the batch's length up to a multiple (fewer distinct shapes); left
+    out when ``max_length`` is not itself a multiple (the tokenizer refuses that combination).
+    ``rows``: the caller's row index of each text (default ``0..len(texts)-1``), named in errors.
+
+    Which words are scored is read from the encoding (:func:`scored_words`), never from a count:
+    a word the tokenizer's normaliser deletes entirely (a zero-width space, a lone combining
+    accent) has no token anywhere, so it is not scored, but it is not truncated either.
+
+    Returns:
+        ``(encoding, words, truncated)``: a padded ``BatchEncoding`` of CPU torch tensors (pass
+        it through ``model_inputs(dict(encoding), model_device(model))`` before a forward), the
+        word lists, and per text the number of words lost to truncation (words past the last one
+        in the encoding that give a token; see :func:`truncated_words`). Cost: one tokenisation,
+        plus one of the trailing words of truncated texts (:func:`word_encoding` skips that).
+
+    Raises:
+        ValueError: a text is empty or whitespace only (naming its row).
+    """
+    enc, words = word_encoding(tokenizer, texts, max_length, pad_to_multiple_of, rows)
+    return enc, words, truncated_words(tokenizer, words, [enc.word_ids(i) for i in range(len(words))])
+
+
+def word_encoding(tokenizer, texts: Sequence[str], max_length: int | None = None,
+                  pad_to_multiple_of: int | None = None, rows: Sequence[int] | None = None):
+    """``(encoding, words)`` of :func:`encode_words` (same arguments and errors), without the
+    truncation count: for callers that only feed the encoding to the model."""
+    words = [t.split() for t in texts]
+    for i, w in enumerate(words):
+        if not w:
+            raise ValueError(f"text {i if rows is None else rows[i]} is empty or whitespace only: nothing to "
+                             "score (leave the row out)")
+    max_length = max_length or min(tokenizer.model_max_length, 512)
+    if pad_to_multiple_of is not None and max_length % pad_to_multiple_of:
+        pad_to_multiple_of = None
+    extra = {} if pad_to_multiple_of is None else {"pad_to_multiple_of": pad_to_multiple_of}
+    enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
+                    padding=True, return_tensors="pt", **extra)
+    return enc, words
+
+
+def scored_words(encoding, i: int = 0) -> list[int]:
+    """Sorted indices of the whitespace words of text ``i`` that have a token in ``encoding``:
+    the words saliency and Eq. 8 score. A word past ``max_length`` has none, nor has a word the
+    tokenizer's normaliser deletes."""
+    return _words_of(encoding.word_ids(i))
+
+
+def _words_of(word_ids: Sequence[int | None]) -> list[int]:
+    return sorted({w for w in word_ids if w is not None})
+
+
+def truncated_words(tokenizer, words: Sequence[Sequence[str]], word_ids: Sequence[Sequence[int | None]]) -> list[int]:
+    """Per text, the words cut off by truncation: those after the last word that has a token in
+    the encoding (``word_ids``, one list per text) and that would give a token. Words that give
+    no token at all are not counted. Cost: one more tokenisation of those trailing words (none
+    for a text that fits)."""
+    tails = {}
+    for i, (w, ids) in enumerate(zip(words, word_ids)):
+        kept = _words_of(ids)
+        tail = list(w[kept[-1] + 1:] if kept else w)
+        if tail:
+            tails[i] = tail
+    out = [0] * len(words)
+    if tails:
+        enc = tokenizer(list(tails.values()), is_split_into_words=True, add_special_tokens=False, verbose=False)
+        for j, i in enumerate(tails):
+            out[i] = len(scored_words(enc, j))
+    return out
+
+
+PREFIX_WORDS = 8
+"""Words of each text that :func:`unscorable_texts` tokenises first."""
+
+
+def unscorable_texts(tokenizer, texts: Sequence[str], max_length: int | None = None) -> dict[int, str]:
+    """``{position: reason}``, sorted, of the texts in which no word can be scored: empty or
+    whitespace only (:data:`EMPTY_TEXT`), every word deleted by the tokenizer's normaliser
+    (:data:`NO_TOKEN_TEXT`), or no room for a word within ``max_length``. The model would see
+    only special tokens.
+
+    Cost: one tokenisation of the first :data:`PREFIX_WORDS` words of each text (no padding;
+    the words before the first one that gives a token give none, so that word's first piece
+    lies right after the leading special tokens), and of the whole text when none of those
+    words gives a token. No model call.
+    """
+    out = {i: EMPTY_TEXT for i, t in enumerate(texts) if not t.split()}
+    rest = [i for i in range(len(texts)) if i not in out]
+    max_length = max_length or min(tokenizer.model_max_length, 512)
+    for length in (PREFIX_WORDS, None):  # None: the whole text, for those whose prefix gave nothing
+        if not rest:
+            break
+        words = [texts[i].split()[:length] for i in rest]
+        enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+        rest = [i for j, i in enumerate(rest) if not scored_words(enc, j)]
+    if rest:
+        cuts = truncated_words(tokenizer, [texts[i].split() for i in rest], [[] for _ in rest])
+        for i, cut in zip(rest, cuts):
+            out[i] = f"max_length={max_length} leaves no room for a word" if cut else NO_TOKEN_TEXT
+    return dict(sorted(out.items()))
