@@ -168,9 +168,12 @@ def test_zero_token_word_in_query_and_training_text(tok, tmp_path):
         assert g["salient_word"] == w["salient_word"] + (w["salient_word"] >= 1)
         [entry] = [t for t in g["top_train"] if t["train_index"] == 2]
         [plain] = [t for t in w["top_train"] if t["train_index"] == 2]
-        assert entry["influence"] == plain["influence"]
+        # The same numbers up to the solve's rounding (bit for bit on some CPUs, 1e-7 apart on others)
+        assert entry["influence"] == pytest.approx(plain["influence"], rel=1e-5)
         scores = entry["word_influence"]
-        assert scores[1] is None and scores[:1] + scores[2:] == plain["word_influence"]  # old: "fine" None
+        assert scores[1] is None  # old code: "fine" None
+        largest = max(abs(x) for x in plain["word_influence"] if x is not None)
+        assert scores[:1] + scores[2:] == pytest.approx(plain["word_influence"], rel=1e-5, abs=1e-4 * largest)
         assert entry["responsible_word"] == plain["responsible_word"] + (plain["responsible_word"] >= 1)
     sal = saliency(tiny_bert(), tok, [f"a {ACCENT} good"], [1])[0]
     assert sal.scores[1] is None and sal.rank()[0] != 1
