@@ -43,8 +43,9 @@ from .distributed import broadcast_object, is_distributed, is_main_process
 from .explain import Explainer, Query, skipped_rows
 from .influence import mean_loss_gradient, self_influence, tail_disagreement, train_influence
 from .loss import make_train_loss, prepare_data
-from .modeling import influence_mode, predict_proba
+from .modeling import influence_mode, predict_encoded
 from .solve import compute_s_test
+from .text import EncodedText, unscorable_texts
 from .report import ExplanationStore, atomic_write_text, write_dataset, write_report
 
 META_NAME = "meta.json"
@@ -53,9 +54,13 @@ SUSPICIOUS_NAME = "suspicious.json"
 logger = logging.getLogger(__name__)
 
 
-def select_queries(texts, golds, probs, args: ExplainArguments,
-                   unscorable: dict[int, str] | None = None) -> tuple[list[Query], list[dict]]:
+def select_queries(texts, golds, probs, args: ExplainArguments, unscorable: dict[int, str] | None = None,
+                   encoded: dict[int, EncodedText] | None = None) -> tuple[list[Query], list[dict]]:
     """Queries to explain and the rows skipped with their reason.
+
+    ``probs`` ``(N, num_labels)``: the model's probabilities of every text, which the queries
+    carry (``Query.probabilities``: not predicted again); ``encoded``: ``{row: EncodedText}``,
+    the texts tokenised with ``args.max_length``, which they carry too (not tokenised again).
 
     Skips the rows of ``unscorable`` (``{row: reason}``: texts in which no word can be scored,
     see :func:`~hf_pairdots.text.unscorable_texts`; default: the empty/whitespace texts)
@@ -76,7 +81,7 @@ def select_queries(texts, golds, probs, args: ExplainArguments,
         elif gold is not None and not 0 <= gold < num_labels:
             skipped.append({"index": i, "reason": f"label {gold} outside the model's {num_labels} labels"})
         elif args.queries != "misclassified" or (gold is not None and int(probs[i].argmax()) != gold):
-            chosen.append(Query(i, texts[i], gold))
+            chosen.append(Query(i, texts[i], gold, (encoded or {}).get(i), probs[i]))
     return chosen[:args.max_queries], skipped
 
 
@@ -184,6 +189,19 @@ class PairDotsCallback(TrainerCallback):
             logger.info("PairDots: %s", self.last_summary)
 
 
+def encode_queries(tokenizer, texts, max_length: int) -> tuple[dict[int, EncodedText], dict[int, str]]:
+    """Every text of a query split tokenised once: ``({row: EncodedText}, {row: reason})``, the
+    second for the rows in which no word can be scored (empty, every word deleted by the
+    tokenizer's normaliser, or no room within ``max_length``: the reasons of
+    :func:`~hf_pairdots.text.unscorable_texts`). Cost: one tokenisation of each text."""
+    rows = [i for i, text in enumerate(texts) if text.split()]
+    encoded = dict(zip(rows, EncodedText.encode_many(tokenizer, [texts[i] for i in rows], max_length, rows=rows)))
+    bad = [i for i in range(len(texts)) if i not in encoded or not encoded[i].scored]
+    reasons = unscorable_texts(tokenizer, [texts[i] for i in bad], max_length)
+    unscorable = {bad[j]: reason for j, reason in reasons.items()}
+    return {i: e for i, e in encoded.items() if i not in unscorable}, unscorable
+
+
 def explain_dataset(model, tokenizer, train, queries_ds, args: ExplainArguments, out: str | Path, *,
                     chunk_size: int = 8, show_progress: bool = False, meta: dict | None = None) -> dict:
     """Explain the selected rows of ``queries_ds`` against ``train``, resumably, into ``out``.
@@ -226,13 +244,12 @@ def _explain_dataset(model, tokenizer, train, queries_ds, args, out: Path, chunk
     store = ExplanationStore(out) if main else None
     texts = list(queries_ds["text"])
     golds = list(queries_ds["label"]) if "label" in queries_ds.column_names else [None] * len(texts)
-    unscorable = {row["index"]: row["reason"] for row in skipped_rows(tokenizer, texts, args.max_length)}
-    nonempty = [i for i in range(len(texts)) if i not in unscorable]
-    probs_nonempty = predict_proba(model, tokenizer, [texts[i] for i in nonempty], batch_size=args.batch_size,
-                                   max_length=args.max_length, show_progress=show_progress)
+    encoded, unscorable = encode_queries(tokenizer, texts, args.max_length)
     probs = torch.zeros(len(texts), model.config.num_labels)
-    probs[nonempty] = probs_nonempty
-    queries, skipped = select_queries(texts, golds, probs, args, unscorable)
+    if encoded:
+        probs[list(encoded)] = predict_encoded(model, tokenizer, list(encoded.values()), batch_size=args.batch_size,
+                                               show_progress=show_progress)
+    queries, skipped = select_queries(texts, golds, probs, args, unscorable, encoded)
     pending = [q for q in queries if q.index not in store.done_indices()] if main else []
     if is_distributed():  # rank 0's store decides; every rank must run the same chunks
         [pending_indices] = broadcast_object([q.index for q in pending])

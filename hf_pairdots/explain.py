@@ -50,10 +50,12 @@ from .cache import STestCache, cache_key, fingerprint_model, fingerprint_tensor,
 from .distributed import broadcast_object, broadcast_tensor, is_main_process, sharded_train_influence
 from .influence import prepare_word_variants, word_influence
 from .loss import make_train_loss, prepare_data
-from .modeling import autocast_disabled, find_embedding_block, first_position_only, predict_proba
-from .saliency import saliency
+from .measurement import SaliencyMeasurement, measurement_gradients
+from .modeling import autocast_disabled, find_embedding_block, first_position_only, predict_encoded
+from .modeling import predict_proba  # noqa: F401  (its old home: the name stays importable from here)
+from .saliency import text_saliency
 from .solve import compute_s_test, lowrank_hessian, resolve_damping_scale
-from .text import encode_words, unscorable_texts, word_encoding
+from .text import EncodedText, unscorable_texts
 from .stability import topk_overlap
 
 RESIDUAL_EXAMPLES = 256
@@ -67,11 +69,19 @@ _ROW_DIAGNOSTICS = ("relative_residual", "repeat_relative_spread", "repeat_relat
 @dataclass
 class Query:
     """One example to explain: its row ``index`` in the query split, ``text`` and ``gold`` label
-    (``None`` when the split has no labels: only the predicted label is explained then)."""
+    (``None`` when the split has no labels: only the predicted label is explained then).
+
+    ``encoded`` (the text tokenised with the Explainer's ``max_length``) and ``probabilities``
+    (``(num_labels,)``, the model's on the CPU), when the caller has them already (query
+    selection computes both), so that :meth:`Explainer.explain` neither tokenises the text again
+    nor runs a forward pass for its prediction.
+    """
 
     index: int
     text: str
     gold: int | None
+    encoded: EncodedText | None = dataclasses.field(default=None, repr=False, compare=False)
+    probabilities: torch.Tensor | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -212,15 +222,11 @@ class Explainer:
         """
         if not queries:
             return []
-        bad = skipped_rows(self.tokenizer, [q.text for q in queries], self.args.max_length)
-        if bad:
-            raise ValueError(f"nothing to explain in query {_first_reasons(bad, [q.index for q in queries])}; "
-                             "leave such rows out (explain_dataset skips them)")
-        texts = [q.text for q in queries]
-        probs = predict_proba(self.model, self.tokenizer, texts, max_length=self.args.max_length)
+        encoded = self._encode(queries)
+        probs = self._probabilities(queries, encoded)
         with first_position_only(self.model):  # saliency and ∇θ m read the logits only
-            rows = self._rows(queries, probs)
-            v = self._measurement_gradients(rows)
+            rows = self._rows(queries, encoded, probs)
+            v = self._measurement_gradients(rows, encoded)
         solved = self.solve(v)
         k = min(self.args.top_k, solved.scores.shape[1])
         tops = [self._top_k(solved.scores[r], k) for r in range(len(rows))]
@@ -231,8 +237,35 @@ class Explainer:
         records = []
         for i, q in enumerate(queries):
             mine = [row for row in rows if row["query"] == i]
-            records.append(self._record(q, probs[i], mine, self._diagnostics(mine, solved, overlap)))
+            records.append(self._record(q, encoded[i], probs[i], mine, self._diagnostics(mine, solved, overlap)))
         return records
+
+    def _encode(self, queries: Sequence[Query]) -> list[EncodedText]:
+        """Each query tokenised once (or as the caller tokenised it: ``Query.encoded``).
+
+        Raises:
+            ValueError: a query in which no word can be scored, naming its ``index``.
+        """
+        encoded = [q.encoded if q.encoded is not None or not q.text.split()
+                   else EncodedText.encode(self.tokenizer, q.text, self.args.max_length) for q in queries]
+        bad = [i for i, e in enumerate(encoded) if e is None or not e.scored]
+        if bad:
+            reasons = skipped_rows(self.tokenizer, [queries[i].text for i in bad], self.args.max_length)
+            named = [{"index": bad[row["index"]], "reason": row["reason"]} for row in reasons]
+            raise ValueError(f"nothing to explain in query {_first_reasons(named, [q.index for q in queries])}; "
+                             "leave such rows out (explain_dataset skips them)")
+        return encoded
+
+    def _probabilities(self, queries: Sequence[Query], encoded: list[EncodedText]) -> torch.Tensor:
+        """``(len(queries), num_labels)`` on the CPU: the queries' own, else one forward pass."""
+        missing = [i for i, q in enumerate(queries) if q.probabilities is None]
+        probs = torch.empty(len(queries), self.model.config.num_labels)
+        for i, q in enumerate(queries):
+            if q.probabilities is not None:
+                probs[i] = q.probabilities
+        if missing:
+            probs[missing] = predict_encoded(self.model, self.tokenizer, [encoded[i] for i in missing])
+        return probs
 
     @autocast_disabled()
     def solve(self, v: torch.Tensor) -> SolvedRows:
@@ -327,7 +360,7 @@ class Explainer:
             out["topk_overlap"] = [overlap[row["row"]] for row in rows]
         return out
 
-    def _rows(self, queries: Sequence[Query], probs: torch.Tensor) -> list[dict]:
+    def _rows(self, queries: Sequence[Query], encoded: list[EncodedText], probs: torch.Tensor) -> list[dict]:
         """One row per (query, explained label): label, role, word saliency (one saliency call
         per query for all its labels: the same text, so no padding)."""
         rows = []
@@ -343,30 +376,25 @@ class Explainer:
                     explained.setdefault(roles[role], role)
             if not explained:
                 continue
-            maps = saliency(self.model, self.tokenizer, [q.text] * len(explained), list(explained),
-                            mode=self.args.saliency_mode, target=self.args.saliency_target,
-                            max_length=self.args.max_length)
+            maps = text_saliency(self.model, encoded[i], list(explained), mode=self.args.saliency_mode,
+                                 target=self.args.saliency_target)
             for (label, role), sal in zip(explained.items(), maps):
                 rows.append({"row": len(rows), "query": i, "role": role, "label": label, "saliency": sal,
-                             "salient_word": sal.rank(self.args.salient_by)[0], "text": q.text})
+                             "salient_word": sal.rank(self.args.salient_by)[0]})
         return rows
 
-    def _measurement_gradients(self, rows: list[dict]) -> torch.Tensor:
+    def _measurement_gradients(self, rows: list[dict], encoded: list[EncodedText]) -> torch.Tensor:
         """∇θ m of every row, ``(len(rows), P)``: one
-        :meth:`~hf_pairdots.loss.TrainLoss.saliency_gradients` call per query for all its
-        rows (the same text); with ``salient_by="magnitude"`` a row whose word has a negative
-        saliency gets the sign flipped (m = |s(x_t)|)."""
+        :func:`~hf_pairdots.measurement.measurement_gradients` call per query for all its rows
+        (the same text); with ``salient_by="magnitude"`` a row whose word has a negative
+        saliency measures its negative (m = |s(x_t)|)."""
         out = []
-        for _, group in itertools.groupby(rows, key=lambda row: row["query"]):
-            group = list(group)
-            enc, _ = word_encoding(self.tokenizer, [group[0]["text"]], self.args.max_length)
-            ids = enc.word_ids(0)
-            positions = [[p for p, w in enumerate(ids) if w == row["salient_word"]] for row in group]
-            signs = [-1.0 if self.args.salient_by == "magnitude" and row["saliency"].scores[row["salient_word"]] < 0
-                     else 1.0 for row in group]
-            grads = self.objective.saliency_gradients(dict(enc), [row["label"] for row in group], positions,
-                                                      mode=self.args.saliency_mode, target=self.args.saliency_target)
-            out.append(grads * torch.tensor(signs, device=grads.device)[:, None])
+        for query, group in itertools.groupby(rows, key=lambda row: row["query"]):
+            measurements = [SaliencyMeasurement(
+                row["label"], row["salient_word"], self.args.saliency_mode, self.args.saliency_target,
+                -1.0 if self.args.salient_by == "magnitude" and row["saliency"].scores[row["salient_word"]] < 0 else 1.0)
+                for row in group]
+            out.append(measurement_gradients(self.objective, encoded[query], measurements))
         return torch.cat(out)
 
     def _top_k(self, scores: torch.Tensor, k: int):
@@ -427,8 +455,8 @@ class Explainer:
             return {"objective": name, "reason": result.reason}
         return result.edit.to_record(name)
 
-    def _record(self, query: Query, probs: torch.Tensor, rows: list[dict], diagnostics: dict) -> dict:
-        _, words, [cut] = encode_words(self.tokenizer, [query.text], self.args.max_length)
+    def _record(self, query: Query, encoded: EncodedText, probs: torch.Tensor, rows: list[dict],
+                diagnostics: dict) -> dict:
         predicted = int(probs.argmax())
         return {
             "query_index": query.index,
@@ -438,8 +466,8 @@ class Explainer:
             "predicted": predicted,
             "predicted_name": self.label_names[predicted],
             "probabilities": probs.tolist(),
-            "words": words[0],
-            "truncated_words": cut,
+            "words": encoded.words,
+            "truncated_words": encoded.truncated,
             "labels": [{
                 "label": row["label"], "label_name": self.label_names[row["label"]], "role": row["role"],
                 "probability": row["saliency"].probability,

@@ -41,7 +41,7 @@ from .loss import PreparedData, TrainLoss, loss_directional, tokenize
 from .measurement import loss_measurement_gradient
 from .modeling import model_device
 from .solve import compute_s_test, resolve_damping_scale
-from .text import scored_words, word_encoding
+from .text import EncodedText
 
 # Aliases: these names moved to modeling.py, loss.py, measurement.py and solve.py and stay
 # importable from here for code written before the move (the package imports them from there).
@@ -352,25 +352,24 @@ def prepare_word_variants(objective: TrainLoss, tokenizer, text: str, label: int
     so W' + 1 rows; for a cached-top objective ``(W' + 1, H)`` features on the model's device.
     Cost: one forward pass over W' + 1 examples. Raises ``ValueError`` for an eraser token the
     tokenizer lacks (case C22)."""
-    enc, _ = word_encoding(tokenizer, [text], max_length)
-    scored = scored_words(enc)
+    encoded = EncodedText.encode(tokenizer, text, max_length)
+    scored = encoded.scored
     labels = [label] * (len(scored) + 1)
     if eraser == "zero":
         rows = _prepare_examples(objective, tokenizer, [text] * len(labels), labels, max_length,
-                                 _zeroed_embeddings(objective.model, enc, scored))
+                                 _zeroed_embeddings(objective.model, encoded))
     else:
         variants = erased_variants(tokenizer, text, eraser)
         rows = _prepare_examples(objective, tokenizer, [text, *(variants[t] for t in scored)], labels, max_length)
     return {**rows, "word_index": scored}
 
 
-def _zeroed_embeddings(model: nn.Module, encoding, scored: list[int]) -> Tensor:
-    """``(len(scored) + 1, L, H)`` word embeddings of the one text of ``encoding``, row j + 1 with
-    the pieces of word ``scored[j]`` zeroed."""
-    ids = encoding["input_ids"][:1].expand(len(scored) + 1, -1)
+def _zeroed_embeddings(model: nn.Module, encoded: EncodedText) -> Tensor:
+    """``(W' + 1, L, H)`` word embeddings of the text, row j + 1 with the pieces of its j-th scored
+    word zeroed."""
+    ids = encoded.encoding["input_ids"][:1].expand(len(encoded.scored) + 1, -1)
     with torch.no_grad():
         emb = model.get_input_embeddings()(ids.to(model_device(model))).clone()
-    word_ids = encoding.word_ids(0)
-    for j, t in enumerate(scored):
-        emb[j + 1, [p for p, w in enumerate(word_ids) if w == t]] = 0.0
+    for j, t in enumerate(encoded.scored):
+        emb[j + 1, encoded.positions(t)] = 0.0
     return emb

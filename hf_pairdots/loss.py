@@ -34,7 +34,7 @@ from .features import CUTS, TopHead, compute_features, cut_features, supports_to
 from .measurement import saliency_measurement_gradient
 from .modeling import (INPUT_KEYS, check_labels, find_embedding_block, first_position_only, model_device, model_inputs,
                        sequence_length, suspend_input_require_grads)
-from .saliency import label_score
+from .saliency import LINEAR_MODES, label_score, saliency_direction
 from .text import word_encoding
 
 
@@ -188,7 +188,7 @@ class CachedTopLoss(TrainLoss):
         (a test checks it); ``mode="l2"`` is not linear in ∂S_y/∂e and takes the general route.
         Cost: one forward and two backward passes of k rows of the text, instead of k x three.
         """
-        if mode not in ("gradient", "grad_x_input"):
+        if mode not in LINEAR_MODES:
             return super().saliency_gradients(batch, labels, token_positions, mode=mode, target=target)
         _check_measurement_rows(batch, labels, token_positions)
         with torch.inference_mode(False), torch.enable_grad():  # even inside a caller's no_grad or inference_mode
@@ -205,7 +205,7 @@ class CachedTopLoss(TrainLoss):
         step = torch.zeros(k, device=self.device, requires_grad=True)
 
         def along_d(module, args, output):  # e + s_b d_b for row b: d h_b / d s_b at s = 0 is J_h(e) d_b
-            direction = mask if mode == "gradient" else mask * output.detach()
+            direction = mask * saliency_direction(mode, output.detach())
             return output + step[:, None, None] * direction
 
         handle = find_embedding_block(self.model).register_forward_hook(along_d)

@@ -1,5 +1,10 @@
 """Measurements m(θ) of a test example and their gradients ∇θ m, the left side of Eq. 4-5.
 
+* the measurement objects: :class:`SaliencyMeasurement` (the saliency of a word for a label,
+  Eq. 5), :class:`LossMeasurement` (the test loss, Eq. 4 chained: Koh & Liang's I_up,loss) and
+  :class:`FunctionMeasurement` (any m(θ_S) of the user's); :func:`measurement_gradients` turns
+  several of one tokenised text (:class:`~hf_pairdots.text.EncodedText`) into ∇θ m rows by the
+  cheapest exact route;
 * :func:`loss_measurement_gradient`: ∇θ L(z_test) for Koh & Liang's I_up,loss (Eq. 4 chained);
 * :func:`saliency_measurement` / :func:`saliency_measurement_gradient`: the saliency w_y(e) of
   Eq. 5 as a function of θ_S and its gradient (double backward through Eq. 2).
@@ -11,7 +16,8 @@ Devices: ∇θ m is returned on the parameters' (the model's) device.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,6 +29,79 @@ from .saliency import embedding_gradient, token_saliency
 
 if TYPE_CHECKING:  # for annotations only: loss.py imports this module
     from .loss import TrainLoss
+    from .text import EncodedText
+
+
+@dataclass(frozen=True)
+class SaliencyMeasurement:
+    """m(θ) = sign x s(x_t) for ``label``: the saliency of word ``word`` of the test text (the sum
+    of its word pieces' token saliencies, Sec. 3.1) under reduction ``mode`` and score ``target``
+    (:func:`~hf_pairdots.saliency.token_saliency`, :func:`~hf_pairdots.saliency.label_score`).
+    ``sign`` -1 measures -s (``salient_by="magnitude"`` for a word of negative saliency: m = |s|).
+    Positive influence on it: up-weighting the training example raises m (Eq. 5)."""
+
+    label: int
+    word: int
+    mode: str = "gradient"
+    target: str = "prob"
+    sign: float = 1.0
+
+
+@dataclass(frozen=True)
+class LossMeasurement:
+    """m(θ) = L(z_test; θ), the training loss at the test text with label ``label`` (Eq. 4 chained:
+    I(z, m) is Koh & Liang's I_up,loss; positive: up-weighting z raises the test loss)."""
+
+    label: int
+
+
+@dataclass(frozen=True)
+class FunctionMeasurement:
+    """m(θ) = ``fn(theta)`` for the flat θ_S ``(P,)`` of the training loss (on its device), a
+    scalar tensor differentiable by ``torch.func.grad``; the text is not read."""
+
+    fn: Callable[[Tensor], Tensor]
+
+
+Measurement = SaliencyMeasurement | LossMeasurement | FunctionMeasurement
+
+
+def measurement_gradients(objective: TrainLoss, encoded: EncodedText, measurements: Sequence[Measurement]) -> Tensor:
+    """∇θ m of each measurement of one tokenised test text, ``(k, P)`` on the parameters' device,
+    in the order given.
+
+    Saliency measurements with the same mode and target share one
+    :meth:`~hf_pairdots.loss.TrainLoss.saliency_gradients` call, which picks the cheapest exact
+    route (one Jacobian-vector product below a cached cut for the linear reductions, else a
+    double backward per row); a loss measurement costs one backward pass, a function one
+    ``torch.func.grad``.
+
+    Raises:
+        ValueError: no measurement, or a saliency measurement of a word with no token in
+            ``encoded`` (past ``max_length``, or deleted by the normaliser).
+    """
+    if not measurements:
+        raise ValueError("no measurement to differentiate")
+    out: list[Tensor | None] = [None] * len(measurements)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, m in enumerate(measurements):
+        if isinstance(m, SaliencyMeasurement):
+            if m.word not in encoded.scored:
+                raise ValueError(f"word {m.word} ({encoded.words[m.word]!r}) has no token in the model's input")
+            groups.setdefault((m.mode, m.target), []).append(i)
+        elif isinstance(m, LossMeasurement):
+            batch = objective.prepare({**encoded.inputs(), "labels": torch.tensor([m.label])})
+            out[i] = loss_measurement_gradient(objective, batch)[0]
+        else:
+            out[i] = torch.func.grad(m.fn)(objective.theta)
+    for (mode, target), rows in groups.items():
+        ms = [measurements[i] for i in rows]
+        grads = objective.saliency_gradients(encoded.inputs(), [m.label for m in ms],
+                                             [encoded.positions(m.word) for m in ms], mode=mode, target=target)
+        signs = torch.tensor([m.sign for m in ms], device=grads.device)
+        for j, i in enumerate(rows):
+            out[i] = grads[j] * signs[j]
+    return torch.stack(out)
 
 
 def loss_measurement_gradient(objective: TrainLoss, batch: dict) -> Tensor:

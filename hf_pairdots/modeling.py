@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .errors import SaliencyError
-from .text import word_encoding
+from .text import EncodedText, pad_encoded
 
 
 PEFT_PREFIX = "base_model.model."
@@ -306,21 +306,34 @@ def check_labels(model: nn.Module, labels: Tensor, rows: Sequence[int] | None = 
 def predict_proba(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_size: int = 64,
                   max_length: int = 128, show_progress: bool = False) -> torch.Tensor:
     """Class probabilities ``(N, num_labels)`` in the order of ``texts``, float32 on the CPU;
-    texts must be non-empty.
+    texts must be non-empty (``ValueError`` naming the first empty one).
+
+    The texts are tokenised once (:meth:`~hf_pairdots.text.EncodedText.encode_many`) and
+    predicted by :func:`predict_encoded`. Cost: N forward passes.
+    """
+    return predict_encoded(model, tokenizer, EncodedText.encode_many(tokenizer, texts, max_length),
+                           batch_size=batch_size, show_progress=show_progress)
+
+
+@torch.no_grad()
+@autocast_disabled()
+def predict_encoded(model: nn.Module, tokenizer, encoded: Sequence[EncodedText], *, batch_size: int = 64,
+                    show_progress: bool = False) -> torch.Tensor:
+    """Class probabilities ``(N, num_labels)`` of already tokenised texts, float32 on the CPU, in
+    their order.
 
     The forward passes run on the model's device, over batches of texts of similar length (sorted
     by word count, so little padding), the last feed-forward block on position 0 only for the
     BERT family (:func:`first_position_only`), in eval mode (the model's
     train/eval mode is restored afterwards) and in float32 even inside a caller's
-    ``torch.autocast`` region (:func:`autocast_disabled`). Cost: N forward
-    passes.
+    ``torch.autocast`` region (:func:`autocast_disabled`). Cost: N forward passes.
     """
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i].split()))
-    out = torch.empty(len(texts), model.config.num_labels)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].words))
+    out = torch.empty(len(encoded), model.config.num_labels)
     device = model_device(model)
     with eval_mode(model), first_position_only(model):  # a model straight out of Trainer.train() is in train mode
-        for start in tqdm(range(0, len(texts), batch_size), disable=not show_progress, desc="predict"):
+        for start in tqdm(range(0, len(encoded), batch_size), disable=not show_progress, desc="predict"):
             rows = order[start:start + batch_size]
-            enc, _ = word_encoding(tokenizer, [texts[i] for i in rows], max_length, rows=rows)
-            out[rows] = model(**model_inputs(dict(enc), device)).logits.float().softmax(-1).cpu()
+            batch = pad_encoded(tokenizer, [encoded[i] for i in rows])
+            out[rows] = model(**model_inputs(batch, device)).logits.float().softmax(-1).cpu()
     return out

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from .modeling import (autocast_disabled, check_labels, find_embedding_block, model_device, model_inputs,
                        sequence_length, suspend_input_require_grads)
-from .text import encode_words
+from .text import EncodedText, encode_words
 
 # Aliases: this plumbing moved to modeling.py (model preparation and layout) and text.py (words
 # and their tokenisation); the names stay importable from here for code written before the move.
@@ -129,15 +129,33 @@ def token_saliency(grad: Tensor, embeddings: Tensor, mode: str = "gradient") -> 
     """Reduce ``(..., L, H)`` embedding gradients to ``(..., L)`` token scores.
 
     ``gradient``: Σ_j ∂S_y/∂e_t,j (the paper); ``grad_x_input``: Σ_j e_t,j ∂S_y/∂e_t,j;
-    ``l2``: ||∂S_y/∂e_t||₂. Units: change of S_y per unit change of the embedding.
+    ``l2``: ||∂S_y/∂e_t||₂. Units: change of S_y per unit change of the embedding. The two
+    linear reductions are ``∂S_y/∂e_t · d_t`` with ``d_t`` from :func:`saliency_direction`.
     """
-    if mode == "gradient":
-        return grad.sum(-1)
-    if mode == "grad_x_input":
-        return (grad * embeddings).sum(-1)
     if mode == "l2":
         return grad.norm(dim=-1)
-    raise ValueError(f"mode={mode!r}: use one of {MODES}")
+    return (grad * saliency_direction(mode, embeddings)).sum(-1)
+
+
+def saliency_direction(mode: str, embeddings: Tensor) -> Tensor:
+    """The direction d_t of a linear saliency reduction, s(x_t) = ∂S_y/∂e_t · d_t: the all-ones
+    vector (``"gradient"``, shape ``(1,)`` broadcast over ``embeddings``) or e_t itself
+    (``"grad_x_input"``). The one definition of both, shared by :func:`token_saliency`
+    and the Jacobian-vector route of :meth:`~hf_pairdots.loss.CachedTopLoss.saliency_gradients`.
+
+    Raises:
+        ValueError: ``mode`` is not linear in ∂S_y/∂e (``"l2"``) or unknown.
+    """
+    if mode == "gradient":
+        return embeddings.new_ones(1)
+    if mode == "grad_x_input":
+        return embeddings
+    raise ValueError(f"mode={mode!r} has no saliency direction: use one of {LINEAR_MODES}" if mode in MODES
+                     else f"mode={mode!r}: use one of {MODES}")
+
+
+LINEAR_MODES = ("gradient", "grad_x_input")
+"""The reductions that are linear in ∂S_y/∂e (:func:`saliency_direction`)."""
 
 
 def word_scores(token_scores: Sequence[float], word_ids: Sequence[int | None], num_words: int) -> list[float | None]:
@@ -224,17 +242,34 @@ def saliency(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence
         positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         max_length = min(tokenizer.model_max_length, 512, positions or 512)
     enc, words, _ = encode_words(tokenizer, texts, max_length)
+    return _word_saliencies(model, dict(enc), [enc.word_ids(i) for i in range(len(words))], words, labels,
+                            mode, target)
+
+
+@autocast_disabled()
+def text_saliency(model: nn.Module, encoded: EncodedText, labels: Sequence[int], *, mode: str = "gradient",
+                  target: str = "prob") -> list[WordSaliency]:
+    """Word saliency of one already tokenised text for each of ``labels`` (Sec. 3.1): what
+    :func:`saliency` gives for ``[encoded.text] * len(labels)``, without tokenising again.
+
+    Cost: one forward and one backward pass over ``len(labels)`` copies of the text (plus one
+    forward pass for the probabilities when ``target`` is not ``"prob"``).
+    """
+    k = len(labels)
+    return _word_saliencies(model, encoded.inputs(k), [encoded.word_ids] * k, [encoded.words] * k, labels,
+                            mode, target)
+
+
+def _word_saliencies(model, batch: dict, word_ids, words, labels, mode: str, target: str) -> list[WordSaliency]:
     y = torch.as_tensor(list(labels))
     check_labels(model, y)
-    grad, emb, scores = embedding_gradient(model, dict(enc), y, target=target)
+    grad, emb, scores = embedding_gradient(model, batch, y, target=target)
     per_token = token_saliency(grad, emb, mode).detach().cpu()
-    probs = scores.detach().cpu() if target == "prob" else label_score(_logits_no_grad(model, enc), y, "prob").cpu()
-    return [
-        WordSaliency(w, word_scores(per_token[i].tolist(), enc.word_ids(i), len(w)), int(y[i]), float(probs[i]))
-        for i, w in enumerate(words)
-    ]
+    probs = scores.detach().cpu() if target == "prob" else label_score(_logits_no_grad(model, batch), y, "prob").cpu()
+    return [WordSaliency(list(w), word_scores(per_token[i].tolist(), word_ids[i], len(w)), int(y[i]), float(probs[i]))
+            for i, w in enumerate(words)]
 
 
-def _logits_no_grad(model: nn.Module, enc) -> Tensor:
+def _logits_no_grad(model: nn.Module, batch: dict) -> Tensor:
     with torch.no_grad():
-        return model(**model_inputs(dict(enc), model_device(model))).logits
+        return model(**model_inputs(batch, model_device(model))).logits

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+from transformers import BatchEncoding
+
 
 EMPTY_TEXT = "empty or whitespace-only text"
 
@@ -52,9 +55,10 @@ def encode_words(tokenizer, texts: Sequence[str], max_length: int | None = None,
 
 
 def word_encoding(tokenizer, texts: Sequence[str], max_length: int | None = None,
-                  pad_to_multiple_of: int | None = None, rows: Sequence[int] | None = None):
+                  pad_to_multiple_of: int | None = None, rows: Sequence[int] | None = None, padding: bool = True):
     """``(encoding, words)`` of :func:`encode_words` (same arguments and errors), without the
-    truncation count: for callers that only feed the encoding to the model."""
+    truncation count: for callers that only feed the encoding to the model. ``padding=False``:
+    lists of ids per text instead of a padded tensor batch."""
     words = [t.split() for t in texts]
     for i, w in enumerate(words):
         if not w:
@@ -65,7 +69,7 @@ def word_encoding(tokenizer, texts: Sequence[str], max_length: int | None = None
         pad_to_multiple_of = None
     extra = {} if pad_to_multiple_of is None else {"pad_to_multiple_of": pad_to_multiple_of}
     enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
-                    padding=True, return_tensors="pt", **extra)
+                    padding=padding, return_tensors="pt" if padding else None, **extra)
     return enc, words
 
 
@@ -128,3 +132,71 @@ def unscorable_texts(tokenizer, texts: Sequence[str], max_length: int | None = N
         for i, cut in zip(rest, cuts):
             out[i] = f"max_length={max_length} leaves no room for a word" if cut else NO_TOKEN_TEXT
     return dict(sorted(out.items()))
+
+
+class EncodedText:
+    """One text tokenised once, as whitespace words: what saliency, ∇θ m, Eq. 8 and the record
+    read of it, so that none of them tokenises it again or re-derives its word positions.
+
+    Attributes:
+        text: the text.
+        words: its whitespace words (``text.split()``).
+        encoding: the ``BatchEncoding`` of the text alone, ``(1, L)`` CPU tensors, no padding.
+        word_ids: per token position, the index of its word (``None``: a special token).
+        scored: sorted indices of the words that have a token (:func:`scored_words`).
+
+    Build with :meth:`encode` (one tokenisation). :attr:`truncated` (the words lost to
+    truncation) costs one more tokenisation of the words after the last scored one, the first
+    time it is read, and none for a text that fits.
+
+    Raises:
+        ValueError: the text is empty or whitespace only (naming ``row``).
+    """
+
+    def __init__(self, tokenizer, text: str, encoding, words: list[str]):
+        self.tokenizer, self.text, self.encoding, self.words = tokenizer, text, encoding, words
+        self.word_ids: list[int | None] = encoding.word_ids(0)
+        self.scored: list[int] = _words_of(self.word_ids)
+        self._truncated: int | None = None
+
+    @classmethod
+    def encode(cls, tokenizer, text: str, max_length: int | None = None, row: int | None = None) -> EncodedText:
+        """Tokenise ``text`` as :func:`word_encoding` does (truncation to ``max_length``, default
+        the tokenizer's maximum capped at 512). Cost: one tokenisation."""
+        enc, [words] = word_encoding(tokenizer, [text], max_length, rows=None if row is None else [row])
+        return cls(tokenizer, text, enc, words)
+
+    @classmethod
+    def encode_many(cls, tokenizer, texts: Sequence[str], max_length: int | None = None,
+                    rows: Sequence[int] | None = None) -> list[EncodedText]:
+        """:meth:`encode` of every text, in one tokenizer call (no padding): each object holds the
+        same ids as the text tokenised alone. Same errors as :meth:`encode`."""
+        enc, words = word_encoding(tokenizer, texts, max_length, rows=rows, padding=False)
+        out = []
+        for i, w in enumerate(words):
+            row = BatchEncoding({key: torch.tensor([values[i]]) for key, values in enc.items()},
+                                encoding=[enc.encodings[i]] if enc.encodings else None)
+            out.append(cls(tokenizer, texts[i], row, w))
+        return out
+
+    @property
+    def truncated(self) -> int:
+        """Words lost to truncation (:func:`truncated_words`); words that give no token do not count."""
+        if self._truncated is None:
+            [self._truncated] = truncated_words(self.tokenizer, [self.words], [self.word_ids])
+        return self._truncated
+
+    def positions(self, word: int) -> list[int]:
+        """Token positions of word ``word`` (its word pieces, in order; empty when it has none)."""
+        return [p for p, w in enumerate(self.word_ids) if w == word]
+
+    def inputs(self, copies: int = 1) -> dict:
+        """The model inputs, ``(copies, L)`` CPU tensors (the same text ``copies`` times)."""
+        return {key: t.expand(copies, *t.shape[1:]) for key, t in self.encoding.items()}
+
+
+def pad_encoded(tokenizer, encoded: Sequence[EncodedText]) -> dict:
+    """The model inputs of several tokenised texts as one padded batch, ``(B, L)`` CPU tensors:
+    the tensors the tokenizer gives for the same texts tokenised together with ``padding=True``."""
+    features = [{key: t[0].tolist() for key, t in e.encoding.items()} for e in encoded]
+    return dict(tokenizer.pad(features, padding=True, return_tensors="pt"))

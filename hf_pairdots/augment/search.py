@@ -55,7 +55,7 @@ import torch
 
 from ..influence import perturbation_influence, word_influence
 from ..loss import TrainLoss
-from ..text import encode_words
+from ..text import EncodedText
 from .goals import GOAL_GROUPS, GOALS, EditGoal, edit_goal
 from .lexicon import Lexicon
 
@@ -217,8 +217,7 @@ def _proper_nouns(lexicon: Lexicon, text: str, positions: set[int]) -> list[str]
 
 def _seen_words(tokenizer, text: str, max_length: int) -> set[int]:
     """Indices of the whitespace words that have at least one token inside ``max_length``."""
-    enc, _, _ = encode_words(tokenizer, [text], max_length)
-    return {j for j in enc.word_ids(0) if j is not None}
+    return set(EncodedText.encode(tokenizer, text, max_length).scored)
 
 
 def _no_candidate_reason(lexicon: Lexicon, text: str, relations, max_candidates: int, seen: set[int]) -> str:
