@@ -64,9 +64,7 @@ class ParameterSet:
         ])
 
 
-from .constants import PRESETS  # noqa: E402  (fixed preset names; "last:K" is accepted besides them)
-
-LAST_PREFIX = "last:"
+from .constants import LAST_PREFIX, PRESETS  # noqa: E402  (fixed preset names; "last:K" is accepted besides them)
 
 
 def _parse_last(preset: str, num_layers: int | None) -> int:
