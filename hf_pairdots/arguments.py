@@ -80,7 +80,7 @@ class _Serializable:
     def from_json(cls, text_or_path: str | Path):
         """:meth:`from_dict` of a JSON text, or of the JSON file at a path."""
         text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
+        if not text.lstrip().startswith(("{", "[")):
             text = Path(text).read_text()
         return cls.from_dict(json.loads(text))
 

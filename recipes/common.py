@@ -31,6 +31,10 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 CARD_TEMPLATE = REPO / "model_cards" / "model_card.md.j2"
 TINY = "tiny"
 
+CONFIG_OPTIONS = ("params", "num_sampled", "max_candidates", "solver", "depth", "repeat", "damping", "power_iters")
+"""Config keys passed on to :class:`~hf_pairdots.arguments.ExplainArguments` (or its solver) when
+set; the others keep the dataclasses' defaults."""
+
 OBJECTIVE_TITLES = {name: group.title for name, group in GOAL_GROUPS.items()}
 """Objective -> its short title in tables, plots and cards (from the edit-goal table)."""
 
@@ -145,17 +149,15 @@ def explain_with_edits(config: dict, model, tokenizer, train, queries, out: Path
                        objective: str, top_k: int) -> list[dict]:
     """Explain ``queries`` against ``train`` with the two-stage edit search of ``mode`` ("attack" or
     "fix"), resumably under ``out``; returns the explanation records sorted by query index."""
-    from hf_pairdots.arguments import ExplainArguments, SolverOptions
+    from hf_pairdots.arguments import ExplainArguments
     from hf_pairdots.augment.dataset import explain_labels
     from hf_pairdots.callback import explain_dataset
     from hf_pairdots.report import ExplanationStore
 
-    seed = config["seeds"][0]
-    args = ExplainArguments(queries=selection, max_queries=config["num_queries"], labels=explain_labels(objective),
-                            top_k=config.get("top_k") or top_k, params=config.get("params", "head"),
-                            max_length=config["max_length"], edit=mode, num_sampled=config.get("num_sampled", 5),
-                            max_candidates=config.get("max_candidates", 20), seed=seed,
-                            solver=SolverOptions(solver=config.get("solver", "auto"), depth=config.get("depth", 200), seed=seed))
+    options = {key: config[key] for key in CONFIG_OPTIONS if config.get(key) is not None}
+    args = ExplainArguments.from_flat({**options, "queries": selection, "max_queries": config["num_queries"],
+                                       "labels": explain_labels(objective), "top_k": config.get("top_k") or top_k,
+                                       "max_length": config["max_length"], "edit": mode, "seed": config["seeds"][0]})
     summary = explain_dataset(model, tokenizer, train, queries, args, out, show_progress=config.get("show_progress", False))
     print(f"[{mode}] explained {summary['queries']} queries in {summary['seconds']} s", flush=True)
     return sorted(ExplanationStore(out).records(), key=lambda r: r["query_index"])

@@ -61,7 +61,7 @@ LORA_LR_FACTOR = 10
 """With ``--lora`` and no ``--learning-rate``: the config's ``lora_learning_rate``, else this
 many times its ``learning_rate`` (adapters start at zero and need larger steps)."""
 SOLVER_KEYS = ("solver", "depth", "repeat", "damping", "power_iters")
-"""Config keys passed on to :class:`~hf_pairdots.arguments.SolverOptions` when set."""
+"""Config keys passed on to :class:`~hf_pairdots.arguments.SolverArguments` when set."""
 WARMUP = 0.06
 WEIGHT_DECAY = 0.01
 
@@ -132,13 +132,12 @@ def check_setting(out: Path, setting: dict) -> None:
 
 
 def explain_arguments(config: dict):
-    from hf_pairdots.arguments import ExplainArguments, SolverOptions
+    from hf_pairdots.arguments import ExplainArguments
 
-    seed = config["seeds"][0]
     solver = {key: config[key] for key in SOLVER_KEYS if config.get(key) is not None}
-    return ExplainArguments(queries="misclassified", max_queries=config["num_queries"], top_k=config["top_k"],
-                            params=config["params"], max_length=config["max_length"], seed=seed,
-                            solver=SolverOptions(**solver, seed=seed))
+    return ExplainArguments.from_flat({**solver, "queries": "misclassified", "max_queries": config["num_queries"],
+                                       "top_k": config["top_k"], "params": config["params"],
+                                       "max_length": config["max_length"], "seed": config["seeds"][0]})
 
 
 # --------------------------------------------------------------------------- models
