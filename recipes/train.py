@@ -17,11 +17,9 @@ their responsible words, Eq. 8), over the config's parameter subset, or over the
     accelerate launch recipes/train.py --config sst2 --paper-scale
 
 ``--config sst2`` fine-tunes MiniLM-L6 on 500 SST-2 sentences x 2 epochs and explains up to 10
-dev errors over the head (top-5, LiSSA depth 50). Measured on the project's 2-core CPU machine
-with ``--train-size 300``, while three other CPU jobs shared it: 13 min wall, 6.7 min of CPU
-(training 269 s, explaining 453 s); dev / test accuracy 0.697 / 0.698 (38 optimizer steps at
-the config's learning rate leave MiniLM undertrained: more rows, epochs or ``--learning-rate``
-help).
+dev errors over the head (top-5, LiSSA depth 50); its time and accuracy on a CPU are in
+``benchmarks/RESULTS.md`` ("Costs quoted by the documentation"). A few hundred optimizer steps at
+the config's learning rate leave MiniLM undertrained: more rows, epochs or ``--learning-rate`` help.
 
 Outputs under ``--out`` (default ``runs/train-<config>[-lora<R>][-paper]``):
 
