@@ -6,7 +6,8 @@
   θ_S, the saliency of Sec. 3.1 (Eq. 5's measurement), tokenisation and batching, self-influence;
 - :class:`EditArguments`: Eq. 8 (responsible words) and the WordNet edit search (Sec. 4.2-4.3);
 - :class:`SolverArguments`: how s_test = (H + λI)⁻¹ ∇θ m is solved (App. B);
-- :class:`ExplainArguments`: the umbrella of the four, plus where the outputs go.
+- :class:`ExplainArguments`: the umbrella of the four, plus where the outputs go; it takes and
+  exposes the first three groups' options by name, and saves them flat, as earlier versions did.
 
 Every field carries its ``help`` in ``dataclasses.field(metadata=...)``: ``transformers.HfArgumentParser``
 turns the dataclasses into command-line options (the ``Literal`` types of :mod:`hf_pairdots.constants`
@@ -279,8 +280,9 @@ class ExplainArguments(_Serializable):
     Every option of :class:`QueryArguments`, :class:`MeasurementArguments` and :class:`EditArguments`
     is also an attribute (``args.top_k`` is ``args.query.top_k``; assigning one re-validates its
     group). ``solver`` is a :class:`SolverArguments` (its options are not flattened: ``seed`` and
-    ``batch_size`` exist in both). :meth:`to_dict` writes the groups nested; :meth:`from_dict`
-    reads that and the flat layout of older files.
+    ``batch_size`` exist in both). :meth:`to_dict` writes the flat layout of ``explain_args.json``
+    (unchanged from the files of earlier versions); :meth:`from_dict` reads it, and the groups
+    nested (``{"query": {...}, ...}``) as well.
 
     Raises:
         TypeError: a keyword that is neither a group, ``output_subdir`` nor a group's option, or a
@@ -315,6 +317,12 @@ class ExplainArguments(_Serializable):
                                 f"got {type(group).__name__}")
             own = {name: options[name] for name in cls.option_names() if name in options and f.name in _GROUPS}
             setattr(self, f.name, dataclasses.replace(group, **own) if own else group)
+
+    def to_dict(self) -> dict:
+        """The flat layout: every option of the flattened groups by name, ``solver`` as a dict, and
+        ``output_subdir`` (the keys of ``explain_args.json`` files, old and new)."""
+        flat = {name: value for group in _GROUPS for name, value in getattr(self, group).to_dict().items()}
+        return {**flat, "solver": self.solver.to_dict(), "output_subdir": self.output_subdir}
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
