@@ -263,6 +263,9 @@ class EditArguments(_Serializable):
             raise ValueError(f"EditArguments.num_sampled={self.num_sampled}: must be >= 0")
 
 
+_OUTPUT_SUBDIR = "pairdots"
+"""The default sub-folder of the outputs (the field's default, also used by ``__init__``)."""
+
 _GROUPS = {"query": QueryArguments, "measurement": MeasurementArguments, "edits": EditArguments}
 """The umbrella's groups whose options it also takes and exposes by their own names."""
 
@@ -295,28 +298,27 @@ class ExplainArguments(_Serializable):
                                                 help="what is measured, how the model is run")
     edits: EditArguments = _option(factory=EditArguments, help="responsible words and edit search")
     solver: SolverArguments = _option(factory=SolverArguments, help="how s_test is solved")
-    output_subdir: str = _option("pairdots", help="sub-folder of the Trainer's output_dir for the outputs")
+    output_subdir: str = _option(_OUTPUT_SUBDIR, help="sub-folder of the Trainer's output_dir for the outputs")
 
     def __init__(self, **options):
+        """Keyword-only: the groups (instances or dicts of their options), ``output_subdir``, and
+        any option of the flattened groups by name."""
         unknown = sorted(set(options) - set(self.option_names()))
         if unknown:
             raise TypeError(f"ExplainArguments: unknown option(s) {unknown}; use the options of "
                             f"{', '.join(c.__name__ for c in _GROUPS.values())}, or solver=SolverArguments(...)")
-        for f in dataclasses.fields(self):
-            cls = _GROUPS.get(f.name) or (SolverArguments if f.name == "solver" else None)
-            if cls is None:
-                setattr(self, f.name, options.get(f.name, f.default))
-                continue
-            group = options.get(f.name)
+        self.output_subdir = options.get("output_subdir", _OUTPUT_SUBDIR)
+        for name, cls in {**_GROUPS, "solver": SolverArguments}.items():
+            group = options.get(name)
             if isinstance(group, Mapping):
                 group = cls.from_dict(group)
             elif group is None:
                 group = cls()
             elif not isinstance(group, cls):
-                raise TypeError(f"ExplainArguments.{f.name}: expected a {cls.__name__} (or a dict of its options), "
+                raise TypeError(f"ExplainArguments.{name}: expected a {cls.__name__} (or a dict of its options), "
                                 f"got {type(group).__name__}")
-            own = {name: options[name] for name in cls.option_names() if name in options and f.name in _GROUPS}
-            setattr(self, f.name, dataclasses.replace(group, **own) if own else group)
+            own = {key: options[key] for key in cls.option_names() if key in options} if name in _GROUPS else {}
+            setattr(self, name, dataclasses.replace(group, **own) if own else group)
 
     def to_dict(self) -> dict:
         """The flat layout: every option of the flattened groups by name, ``solver`` as a dict, and
