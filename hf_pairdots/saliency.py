@@ -40,7 +40,7 @@ from .modeling import AUTOCAST_DEVICE_TYPES, INPUT_KEYS  # noqa: F401
 from .text import (EMPTY_TEXT, NO_TOKEN_TEXT, PREFIX_WORDS, scored_words, truncated_words,  # noqa: F401
                    unscorable_texts, word_encoding)
 
-from .constants import MODES, TARGETS  # noqa: E402  (the choice lists live in constants.py)
+from .constants import MODES, SALIENT_BY, TARGETS  # noqa: E402  (the choice lists live in constants.py)
 
 
 class _Perturbation:
@@ -188,7 +188,7 @@ class WordSaliency:
         Raises:
             ValueError: no word was scored, or ``by`` is unknown.
         """
-        if by not in ("value", "magnitude"):
+        if by not in SALIENT_BY:
             raise ValueError(f"by={by!r}: use 'value' (the paper) or 'magnitude'")
         scored = [i for i, s in enumerate(self.scores) if s is not None]
         if not scored:
