@@ -1,4 +1,4 @@
-"""Influence-engine benchmark on MiniLM-L6 + SST-2 (issue #3), as ratios to one training epoch.
+"""Influence-engine benchmark on MiniLM-L6 + SST-2, as ratios to one training epoch.
 
     .venv/bin/python benchmarks/bench_influence.py --train-size 2000 --out benchmarks/RESULTS.md
 
@@ -179,7 +179,7 @@ BEGIN, END = "<!-- bench_influence:begin -->", "<!-- bench_influence:end -->"
 
 def write_section(path: Path, text: str) -> None:
     """Replace the text between the markers in ``path`` (or put it after the title)."""
-    old = path.read_text() if path.is_file() else "# Benchmarks (issue #3)\n"
+    old = path.read_text() if path.is_file() else "# Benchmarks\n"
     if BEGIN in old and END in old:
         new = old[:old.index(BEGIN)] + text + old[old.index(END) + len(END):]
     else:

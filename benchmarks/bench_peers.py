@@ -1,4 +1,4 @@
-"""Issue #3 benchmark (e): the same loss-influence job with hf_pairdots and peer libraries.
+"""Peer comparison: the same loss-influence job with hf_pairdots and peer libraries.
 
 Setup (once; the peers live in their own venv beside the repo, never in .venv: pyDVL pins
 numpy<2 and kronfluence needs --no-deps, see ../shared/PEERS.md):

@@ -40,7 +40,11 @@ __version__ = "0.1.0"
 _LAZY = {
     # name: (module, attribute in it)
     "ExplainArguments": ("arguments", "ExplainArguments"),
-    "SolverOptions": ("arguments", "SolverOptions"),
+    "QueryArguments": ("arguments", "QueryArguments"),
+    "MeasurementArguments": ("arguments", "MeasurementArguments"),
+    "EditArguments": ("arguments", "EditArguments"),
+    "SolverArguments": ("arguments", "SolverArguments"),
+    "SolverOptions": ("arguments", "SolverOptions"),  # the old name of SolverArguments
     "PairDotsCallback": ("callback", "PairDotsCallback"),
     "explain_dataset": ("callback", "explain_dataset"),
     "Explainer": ("explain", "Explainer"),
@@ -94,7 +98,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what static tools see; at run time the names come from __getattr__
-    from .arguments import ExplainArguments, SolverOptions
+    from .arguments import (EditArguments, ExplainArguments, MeasurementArguments, QueryArguments, SolverArguments,
+                            SolverOptions)
     from .augment.dataset import apply_edits, collect_edits, random_baseline
     from .augment.goals import GOAL_GROUPS, GOALS, EditGoal
     from .augment.lexicon import Lexicon, install_wordnet

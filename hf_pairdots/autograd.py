@@ -2,15 +2,14 @@
 
 Influence is taken over a *subset* θ_S of a model's parameters (Sec. 3.2 with θ restricted to
 θ_S). :class:`ParameterSet` fixes the order of that subset once, so train-side and test-side
-gradients always share one layout (case C07). Products are computed by ``torch.func``:
+gradients always share one layout. Products are computed by ``torch.func``:
 
 * gradient: ``torch.func.grad``;
 * Hessian-vector product (HVP): forward-over-reverse, ``jvp(grad(f))``, cost ≈ 2-3 backward passes;
 * directional derivative of per-example losses along a vector (JVP): one forward pass with
   dual numbers; this gives ∇θL(z_i)ᵀ s for every example of a batch without forming gradients.
 
-Devices: flat vectors live on the parameters' device (the model's device); the products here
-create no tensor of their own, so their results live where their inputs do.
+Devices: the policy of ``docs/ARCHITECTURE.md`` ("Devices").
 """
 
 from __future__ import annotations
@@ -64,9 +63,7 @@ class ParameterSet:
         ])
 
 
-from .constants import PRESETS  # noqa: E402  (fixed preset names; "last:K" is accepted besides them)
-
-LAST_PREFIX = "last:"
+from .constants import LAST_PREFIX, PRESETS  # noqa: E402  (fixed preset names; "last:K" is accepted besides them)
 
 
 def _parse_last(preset: str, num_layers: int | None) -> int:
@@ -138,7 +135,7 @@ def select_parameters(model: nn.Module, params: str | Sequence[str] = "head") ->
 
     Returns:
         A :class:`ParameterSet`. Frozen parameters (``requires_grad=False``) are left out and tied
-        parameters are counted once (case C07).
+        parameters are counted once.
 
     Raises:
         ValueError: unknown preset, ``"last:K"`` with K out of range or on a model without
@@ -194,7 +191,7 @@ def directional_derivatives(per_example_loss: Callable[[Tensor], Tensor], theta:
 
     Returns:
         ``(B,)``, or ``(Q, B)`` for ``(Q, P)`` directions. Cost ≈ one forward pass per direction;
-        no per-example gradient and no B x P matrix is ever formed (case C12).
+        no per-example gradient and no B x P matrix is ever formed.
     """
     def single(u: Tensor) -> Tensor:
         return torch.func.jvp(per_example_loss, (theta,), (u,))[1]

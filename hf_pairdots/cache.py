@@ -91,8 +91,8 @@ def fingerprint_model(model: nn.Module, params: ParameterSet, *, include_rest: b
     H and ∇θ m even when θ_S is unchanged (e.g. a model whose encoder kept training).
     ``include_rest=False`` hashes θ_S only; use it only when the rest is known to be frozen.
 
-    Cost: one sha256 pass over the hashed bytes: MiniLM-L6 (22.7 M parameters, 91 MB float32)
-    took 0.4 s on one core with ``include_rest``, 0.5 ms for the ``"head"`` subset alone.
+    Cost: one sha256 pass over the hashed bytes (all of the model's float32 weights with
+    ``include_rest``, else θ_S's; measured in ``benchmarks/RESULTS.md``).
     """
     h = hashlib.sha256()
     h.update(b"subset\0")
@@ -156,7 +156,7 @@ def _canonical(obj):
 def cache_key(*parts) -> str:
     """sha256 hex digest of the canonical JSON of ``[FORMAT_VERSION, *parts]``.
 
-    Canonical: sorted keys, no whitespace, UTF-8; dataclasses (e.g. :class:`SolverOptions`)
+    Canonical: sorted keys, no whitespace, UTF-8; dataclasses (e.g. :class:`SolverArguments`)
     become dicts without the :data:`NOT_IN_KEY` fields; tensors are keyed by
     :func:`fingerprint_tensor`. Python floats are written by ``repr`` (round-trip exact), so
     0.1 and 0.1000001 are different keys, and 1 and 1.0 are too (int vs float).

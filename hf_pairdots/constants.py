@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 __all__ = [
-    "ANTONYM_LABEL_RULES", "EDIT_MODES", "ERASERS", "LABEL_ROLES", "MODES", "PRESETS", "QUERY_SETS", "ROLES",
-    "SALIENT_BY", "SOLVERS", "TARGETS",
+    "ANTONYM_LABEL_RULES", "EDIT_MODES", "ERASERS", "LABEL_ROLES", "LAST_PREFIX", "MODES", "PRESETS", "QUERY_SETS",
+    "ROLES", "SALIENT_BY", "SOLVERS", "TARGETS",
     "AntonymLabel", "EditMode", "Eraser", "Preset", "QuerySet", "Role", "SaliencyMode", "SaliencyTarget",
     "SalientBy", "Solver",
 ]
@@ -57,6 +57,9 @@ Preset = Literal["auto", "all", "top", "head", "classifier", "lora"]
 PRESETS: tuple[str, ...] = get_args(Preset)
 """Fixed parameter-subset names; ``"last:K"`` (the last K encoder layers + head) is accepted besides
 these (:func:`hf_pairdots.autograd.select_parameters`)."""
+
+LAST_PREFIX = "last:"
+"""The prefix of the ``"last:K"`` parameter subset."""
 
 AntonymLabel = Literal["keep", "flip"]
 ANTONYM_LABEL_RULES: tuple[str, ...] = get_args(AntonymLabel)

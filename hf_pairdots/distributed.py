@@ -1,18 +1,16 @@
-"""Splitting the training-side scoring across processes (issue #4; cases C08, C30).
+"""Splitting the training-side scoring across processes.
 
 Under ``accelerate launch`` / ``torchrun`` every rank holds the same model and the same training
 set. The explanation is computed on every rank on the *unwrapped* module (never through DDP
-hooks, case C08); s_test is solved identically on every rank and then broadcast from rank 0 so
+hooks, whose gradient synchronisation would mix ranks); s_test is solved identically on every rank and then broadcast from rank 0 so
 all ranks score with bit-identical vectors. Only the streamed pass over the training set
 (:func:`~hf_pairdots.influence.train_influence`) is split: each rank scores a shard of the
 prepared batches, and the scores travel back *with their example ids* and are reassembled by id
-(case C30: no entry duplicated by padding, each id exactly once, ordered by id).
+(no entry duplicated by padding, each id exactly once, ordered by id).
 
 Every helper is the identity when ``torch.distributed`` is not initialised or has one process.
 
-Devices: objects travel through ``all_gather_object``/``broadcast_object_list`` as CPU tensors
-(any backend, NCCL included, can carry them); :func:`broadcast_tensor` puts the value back on the
-device of its argument, and gathered scores are on the CPU.
+Devices: the policy of ``docs/ARCHITECTURE.md`` ("Devices").
 """
 
 from __future__ import annotations

@@ -17,18 +17,15 @@ For each query and each explained label y (the predicted label y' and the gold l
 :class:`Explainer` prepares the training side once (cached features, damping and scale) and
 explains queries in chunks, all rows of a chunk sharing one solve.
 
-Reuse (issue #3, capability 6): with ``SolverOptions.cache_dir`` set, s_test and the Eq. 5
+Reuse: with ``SolverArguments.cache_dir`` set, s_test and the Eq. 5
 training scores of every measurement row are kept in an :class:`~hf_pairdots.cache.STestCache`
 under a key of (model fingerprint, training-data fingerprint, resolved solver options, the
 arguments that change s_test, the bytes of the row's ∇θ m). A later :meth:`Explainer.explain`
 that meets the same row reads it back instead of solving; only the missing rows of a chunk are
-solved, together. Diagnostics (issue #3, capability 7) say per row whether it came from the
+solved, together. Diagnostics say per row whether it came from the
 cache, its relative residual, and with LiSSA repeats the top-k overlap across the repeats.
 
-Devices: the model may sit on any one device (a GPU after ``Trainer``); every forward, HVP and
-solve runs there (:mod:`hf_pairdots.influence`). Probabilities, saliencies, training scores and
-records are on the CPU; s_test rows stay on the model's device (and are copied to the CPU only
-to be cached).
+Devices: the policy of ``docs/ARCHITECTURE.md`` ("Devices").
 """
 
 from __future__ import annotations
@@ -131,7 +128,7 @@ class Explainer:
     damping (except ``solver="exact"``, which checks its explicit Hessian), about 2 x power_iters
     full-data HVPs (:func:`~hf_pairdots.solve.resolve_damping_scale`);
     with ``args.solver.cache_dir`` also one sha256 pass over the model's weights and the
-    training texts (:func:`~hf_pairdots.cache.fingerprint_model`, 0.4 s for MiniLM-L6).
+    training texts (:func:`~hf_pairdots.cache.fingerprint_model`).
 
     Cache key of a measurement row (``args.solver.cache_dir`` set): ``cache_key("s_test",
     model fingerprint (θ_S, the rest of the network, config), training-set fingerprint (texts,
@@ -150,7 +147,7 @@ class Explainer:
         skipped_train_rows: ``[{"index": row, "reason": str}, ...]``, the rows left out.
 
     Raises:
-        SaliencyError: the model has no embedding block (case C14), before any work.
+        SaliencyError: the model has no embedding block, before any work.
         ValueError: no training row can be scored, before any work.
         IndefiniteHessianError: a user-set ``damping`` leaves H + λI indefinite (a ``ValueError``;
             :func:`~hf_pairdots.ihvp.check_positive_definite`), before any query.
@@ -178,11 +175,11 @@ class Explainer:
         self.lexicon = None
         self._variants: dict[int, dict] = {}  # training index -> its Eq. 8 variants, prepared
         if args.edit:
-            ensure_wordnet()  # fail before any work (case C27)
+            ensure_wordnet()  # fail before any work
             self.lexicon = Lexicon()
         self.solver, self.eigenvalues = resolve_damping_scale(self.objective, self.data, args.solver)
         self.lowrank = lowrank_hessian(self.objective, self.data, self.solver) if self.solver.solver == "lowrank" else None
-        # LiSSA repeats: keep each repeat's s_test for the top-k stability (issue #3, capability 7).
+        # LiSSA repeats: keep each repeat's s_test for the top-k stability across repeats.
         self.repeats = self.solver.repeat if self.solver.solver == "lissa" and self.solver.repeat > 1 else 0
         self.cache = None
         if self.solver.cache_dir is not None:

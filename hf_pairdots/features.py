@@ -13,7 +13,7 @@ directional derivatives cost a few small matrix products instead of a full forwa
 
 :func:`top_head_test` of the tests checks ``TopHead(features) == model(...).logits``.
 
-Devices: features are computed and kept on the model's device (they feed θ_S's modules).
+Devices: the policy of ``docs/ARCHITECTURE.md`` ("Devices").
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Every solver takes the Hessian only through products: ``hvp(V) -> H V`` for ``V`
   approximation, or the preconditioner of CG on the full Hessian.
 
 :func:`extreme_eigenvalues` and :func:`auto_damping_scale` choose λ and σ so that LiSSA converges
-on the indefinite Hessians of fine-tuned transformers (case C01).
+on the indefinite Hessians of fine-tuned transformers.
 
 Definiteness: (H + λI) x = v has a meaningful solution for influence only when H + λI is
 positive definite; along an eigenvector with λ_i + λ < 0 the solve flips the sign of every
@@ -24,11 +24,7 @@ explicit Hessian, :func:`lowrank_solve` the kept eigenvalues (the system its clo
 :func:`hf_pairdots.solve.compute_s_test` checks a user-set damping against the Lanczos
 estimate of λ_min before any solver runs, so every solver refuses the same systems there.
 
-Devices: the P-sized vectors stay on the device of ``v`` (the parameters' device) for the
-whole solve; every buffer a solver makes is made there. The eigenvalue estimates run ARPACK on
-the CPU in float64 and move each vector to ``device`` (the parameters') for the HVP and back;
-:func:`top_eigenpairs` works on ``device`` throughout.
-Scalar diagnostics are Python floats.
+Devices: the policy of ``docs/ARCHITECTURE.md`` ("Devices").
 """
 
 from __future__ import annotations
@@ -85,8 +81,8 @@ def lissa(hvp_sample: Callable[[Tensor, int], Tensor], v: Tensor, *, damping: fl
     h_0 = v,  h_t = v + h_{t-1} - (H_t + λI) h_{t-1} / σ,  x = mean of the last ``tail_fraction``
     of the iterates h_t, divided by σ, averaged over ``repeat`` runs. H_t is the Hessian of the
     mean loss on the mini-batch drawn at step t (``hvp_sample(V, t)``). The HVP is always applied
-    to the *running estimate* h_{t-1} (case C04), and nothing carries autograd history from step to
-    step, so memory is flat in ``depth`` (case C03).
+    to the *running estimate* h_{t-1} (not to v), and nothing carries autograd history from step to
+    step, so memory is flat in ``depth``.
 
     Converges when the eigenvalues of (H + λI)/σ lie in (0, 2); then ||h_t|| ≤ σ||v||/μ with μ the
     smallest eigenvalue of H + λI. Averaging the tail of the iterates damps the mini-batch noise.
@@ -132,7 +128,7 @@ def lissa(hvp_sample: Callable[[Tensor, int], Tensor], v: Tensor, *, damping: fl
         tail = torch.zeros_like(v)
         for t in range(1, depth + 1):
             # The HVP runs with grad mode on (an autograd HVP needs its own graph); only its
-            # detached result enters the update, so no history is carried between steps (C03).
+            # detached result enters the update, so no history is carried between steps.
             hv = hvp_sample(h, r * depth + t).detach()
             with torch.no_grad():  # h <- v + h - (hv + damping h) / scale, with one (Q, P) temporary
                 h = (h * (1 - damping / scale)).add_(v).sub_(hv, alpha=1 / scale)

@@ -1,6 +1,6 @@
 """The paper's influence quantities (Sec. 3.2, Eq. 4-8) as named functions.
 
-Sign convention, in every code path (case C10)::
+Sign convention, in every code path::
 
     I(z, m) = d m(θ_{z,ε}) / dε |_{ε=0} = -∇θ m(θ)ᵀ H⁻¹ ∇θ L(z; θ)
 
@@ -20,10 +20,7 @@ and the prepared training data in :mod:`hf_pairdots.loss`, the measurements ∇�
 * :func:`perturbation_influence`: I(z, z̃, m) = I(z̃, m) - I(z, m) (Eq. 6-7).
 * :func:`word_influence`: I(x_t, m) = I(z, m) - I(z̃(t, UNK), m) for each word (Eq. 8).
 
-Devices: everything that meets the model runs on the model's device (``TrainLoss.device``).
-Arguments may come from anywhere (tokenizer output on the CPU, an s_test read from the cache)
-and are moved there. The per-example scores (``(Q, n)`` of :func:`train_influence`, ``(Q, V)``
-of Eq. 6-8) are returned on the CPU, ready for records.
+Devices: the policy of ``docs/ARCHITECTURE.md`` ("Devices").
 """
 
 from __future__ import annotations
@@ -36,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .arguments import SolverOptions
+from .arguments import SolverArguments
 from .loss import PreparedData, TrainLoss, loss_directional, tokenize
 from .measurement import loss_measurement_gradient
 from .modeling import model_device
@@ -66,7 +63,7 @@ def train_influence(objective: TrainLoss, data: PreparedData, s_test: Tensor) ->
         ``(Q, n)`` influence scores in the order of the texts given to :func:`~hf_pairdots.loss.prepare_data`, on
         the CPU (accumulated on the model's device, copied once at the end).
         Cost: one forward-mode pass over the prepared data per query (vectorised over Q for the
-        cached top); memory: one batch at a time (case C12).
+        cached top); memory: one batch at a time.
     """
     s_test = s_test.to(objective.theta.device)
     out = torch.empty(s_test.shape[0], data.size, dtype=s_test.dtype, device=s_test.device)
@@ -133,19 +130,19 @@ def mean_loss_gradient(objective: TrainLoss, data: PreparedData) -> Tensor:
 
 
 def self_influence_solver(objective: TrainLoss, data: PreparedData,
-                          options: SolverOptions | None = None) -> tuple[SolverOptions, dict]:
+                          options: SolverArguments | None = None) -> tuple[SolverArguments, dict]:
     """``options`` made concrete for :func:`self_influence`: ``solver="auto"`` becomes ``"exact"``
     when θ_S has at most :data:`EXACT_MAX_PARAMS` parameters (e.g. ``params="classifier"``, 770
     for MiniLM-L6) and no LiSSA-only option is set, else :func:`~hf_pairdots.solve.choose_solver` decides; automatic
     damping is resolved once (:func:`~hf_pairdots.solve.resolve_damping_scale`). Returns ``(options, estimates)``."""
-    options = options or SolverOptions()
+    options = options or SolverArguments()
     lissa_only = options.scale is not None or options.repeat > 1 or options.keep_repeats
     if options.solver == "auto" and objective.params.numel <= EXACT_MAX_PARAMS and not lissa_only:
         options = dataclasses.replace(options, solver="exact")
     return resolve_damping_scale(objective, data, options)
 
 
-def self_influence(objective: TrainLoss, data: PreparedData, options: SolverOptions | None = None, *,
+def self_influence(objective: TrainLoss, data: PreparedData, options: SolverArguments | None = None, *,
                    rows: Sequence[int] | None = None, residual_examples: int = 256) -> SelfInfluence:
     """Self-influence of every training example: ∇θL(z_i)ᵀ (H + λI)⁻¹ ∇θL(z_i).
 
@@ -165,9 +162,8 @@ def self_influence(objective: TrainLoss, data: PreparedData, options: SolverOpti
     Cost: n (or len(rows)) backward passes for the gradients, plus one solve per block: exact, one explicit
     Hessian (P HVP directions over the data) and a P x P solve per block (one block for
     n x P ≤ 2^24, e.g. n ≤ 21,000 for P = 770); CG, about 10 full-data HVP passes per row, i.e.
-    n times the cost of one query's s_test (quadratic in n: 500 rows of MiniLM-L6's ``"head"``,
-    P = 148,610, against a Hessian of 2,000 took 176 s on 2 CPU cores; ``"classifier"``, exact,
-    2.3 s for all 2,000); plus the residual check of every row.
+    n times the cost of one query's s_test (quadratic in n; ``"head"`` against ``"classifier"`` is
+    measured in ``benchmarks/RESULTS.md``, "Noisy labels"); plus the residual check of every row.
     Memory: one block of gradients and the solver's work vectors (a few x block x P floats).
 
     Raises:
@@ -311,7 +307,7 @@ from .constants import ERASERS  # noqa: E402  (the choice lists live in constant
 def erased_variants(tokenizer, text: str, eraser: str = "unk") -> list[str]:
     """The texts z̃(t, UNK) of Eq. 8: each whitespace word replaced by the tokenizer's UNK
     (``"unk"``) or mask (``"mask"``) token. Tokenizers without that token raise ``ValueError``
-    naming the alternatives (case C22); ``"zero"`` needs no token (see :func:`word_influence`)."""
+    naming the alternatives; ``"zero"`` needs no token (see :func:`word_influence`)."""
     token = {"unk": tokenizer.unk_token, "mask": tokenizer.mask_token}.get(eraser)
     if token is None:
         raise ValueError(f"eraser={eraser!r}: the tokenizer has no such token; use one of "
@@ -351,7 +347,7 @@ def prepare_word_variants(objective: TrainLoss, tokenizer, text: str, label: int
     word past ``max_length`` or deleted by the normaliser, which would give z itself, has none),
     so W' + 1 rows; for a cached-top objective ``(W' + 1, H)`` features on the model's device.
     Cost: one forward pass over W' + 1 examples. Raises ``ValueError`` for an eraser token the
-    tokenizer lacks (case C22)."""
+    tokenizer lacks."""
     encoded = EncodedText.encode(tokenizer, text, max_length)
     scored = encoded.scored
     labels = [label] * (len(scored) + 1)

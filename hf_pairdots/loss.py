@@ -148,8 +148,8 @@ class CachedTopLoss(TrainLoss):
 
         One allocation instead of one small long-lived tensor per batch, and the forward passes
         run longest batch first (``prepare_data`` sorts by length), so each pass's temporaries fit
-        in memory the previous, larger pass freed. Otherwise the C heap grows with N (measured:
-        peak +90 MB from N = 500 to 2,000 at max length 64) though the features are H floats each.
+        in memory the previous, larger pass freed. Otherwise the C heap grows with N (see
+        ``benchmarks/RESULTS.md``, table (d)) though the features are H floats each.
         Blocks instead of the forward batches: a vectorised HVP or JVP over 512 cached rows costs
         about half as much per row as over 32 (fewer, larger products; measured on MiniLM-L6).
         The buffer lives on the model's device.

@@ -11,7 +11,7 @@
   :meth:`~hf_pairdots.loss.TrainLoss.saliency_gradients` picks the cheapest exact route for
   several measurements of one text.
 
-Devices: ∇θ m is returned on the parameters' (the model's) device.
+Devices: the policy of ``docs/ARCHITECTURE.md`` ("Devices").
 """
 
 from __future__ import annotations

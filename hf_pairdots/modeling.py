@@ -10,8 +10,7 @@
   :func:`model_device`, :func:`sequence_length`, :func:`check_labels`;
 * :func:`predict_proba`: the class probabilities of texts.
 
-Devices: every tensor this package feeds to the model, or combines with its parameters, is put
-on the model's device (:func:`model_device`, the device of its first parameter).
+Devices: the policy of ``docs/ARCHITECTURE.md`` ("Devices").
 """
 
 from __future__ import annotations
@@ -119,7 +118,7 @@ def find_embedding_block(model: nn.Module, module_name: str | None = None) -> nn
     the first ``nn.Embedding``.
 
     Raises:
-        SaliencyError: none of these exists (case C14).
+        SaliencyError: none of these exists.
     """
     return ModelLayout.of(model).embedding_block(module_name)
 
@@ -164,7 +163,7 @@ def influence_mode(model: nn.Module):
     config = getattr(model, "config", None)
     old_attn = getattr(config, "_attn_implementation", None)
     if old_attn not in (None, "eager") and hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation("eager")  # SDPA/flash have no double backward (case C06)
+        model.set_attn_implementation("eager")  # SDPA/flash have no double backward
     try:
         with eval_mode(model), suspend_input_require_grads(model), autocast_disabled():
             yield model
@@ -179,7 +178,7 @@ def suspend_input_require_grads(model: nn.Module):
 
     ``gradient_checkpointing_enable()`` (and peft) hook the input embeddings with
     ``output.requires_grad_(True)``, which ``torch.func`` transforms reject: saliency, Eq. 5 and
-    every HVP through the embeddings would fail on such a model (case C13). The hooks are put
+    every HVP through the embeddings would fail on such a model. The hooks are put
     back afterwards, in their original order. Checkpointing itself is inactive in eval mode.
     """
     removed, orders = [], {}

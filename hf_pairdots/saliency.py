@@ -9,20 +9,16 @@ block. (At the raw word-embedding lookup of a BERT-family model the sum is ident
 the block ends in LayerNorm, which ignores a constant added to every dimension.) Alternatives:
 ``grad_x_input`` = Σ_j e_t,j ∂S_y/∂e_t,j and ``l2`` = ||∂S_y/∂e_t||₂ (a magnitude, never negative).
 ``gradient`` and ``grad_x_input`` are **signed**: positive means raising the token's embedding
-along the all-ones direction (resp. scaling it up) raises S_y (case C16).
+along the all-ones direction (resp. scaling it up) raises S_y.
 
 Word pieces are summed into whitespace words with the tokenizer's ``word_ids``; special tokens
-([CLS], [SEP], padding) have no word and are never scored (cases C17, C18). Words past the
-model's maximum length are reported as not scored (``None``), not as zero (case C20), and so are
+([CLS], [SEP], padding) have no word and are never scored. Words past the
+model's maximum length are reported as not scored (``None``), not as zero, and so are
 words that give no token (a zero-width space, a lone combining accent: the tokenizer's normaliser
 deletes them), which are not counted as truncated. Which words are scored always comes from the
 encoding's word ids (:func:`~hf_pairdots.text.scored_words`).
 
-Devices: the tokenizer builds its tensors on the CPU; :func:`~hf_pairdots.modeling.model_inputs`
-moves them to the model's device (:func:`~hf_pairdots.modeling.model_device`) right before the
-forward pass, and the gradients of
-:func:`embedding_gradient` live there too. What :func:`saliency` returns is plain Python
-(floats and lists), read back to the CPU once per batch.
+Devices: the policy of ``docs/ARCHITECTURE.md`` ("Devices").
 """
 
 from __future__ import annotations
@@ -44,7 +40,7 @@ from .modeling import AUTOCAST_DEVICE_TYPES, INPUT_KEYS  # noqa: F401
 from .text import (EMPTY_TEXT, NO_TOKEN_TEXT, PREFIX_WORDS, scored_words, truncated_words,  # noqa: F401
                    unscorable_texts, word_encoding)
 
-from .constants import MODES, TARGETS  # noqa: E402  (the choice lists live in constants.py)
+from .constants import MODES, SALIENT_BY, TARGETS  # noqa: E402  (the choice lists live in constants.py)
 
 
 class _Perturbation:
@@ -159,16 +155,16 @@ LINEAR_MODES = ("gradient", "grad_x_input")
 
 
 def word_scores(token_scores: Sequence[float], word_ids: Sequence[int | None], num_words: int) -> list[float | None]:
-    """Sum word-piece scores into whitespace words (case C18).
+    """Sum word-piece scores into whitespace words.
 
     Args:
         token_scores: one score per token position.
         word_ids: the tokenizer's ``word_ids()`` for the same positions (``None`` for special
-            tokens and padding, which are dropped: case C17).
+            tokens and padding, which are dropped).
         num_words: number of whitespace words of the text.
 
     Returns:
-        One entry per word; ``None`` for words that have no token (cut off by truncation, C20, or
+        One entry per word; ``None`` for words that have no token (cut off by truncation, or
         deleted by the tokenizer's normaliser).
     """
     scores: list[float | None] = [None] * num_words
@@ -210,7 +206,7 @@ class WordSaliency:
         Raises:
             ValueError: no word was scored, or ``by`` is unknown.
         """
-        if by not in ("value", "magnitude"):
+        if by not in SALIENT_BY:
             raise ValueError(f"by={by!r}: use 'value' (the paper) or 'magnitude'")
         scored = [i for i, s in enumerate(self.scores) if s is not None]
         if not scored:
@@ -238,7 +234,7 @@ def saliency(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence
         Cost: one forward and one backward pass per batch (plus one forward pass for the
         probabilities when ``target`` is not ``"prob"``).
     """
-    if max_length is None:  # the model's maximum, which may be below the tokenizer's (case C20)
+    if max_length is None:  # the model's maximum, which may be below the tokenizer's
         positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         max_length = min(tokenizer.model_max_length, 512, positions or 512)
     enc, words, _ = encode_words(tokenizer, texts, max_length)

@@ -11,9 +11,7 @@
 The solvers themselves (:mod:`hf_pairdots.ihvp`) see the Hessian only through ``hvp(V) -> H V``;
 this module builds those products from the prepared training data.
 
-Devices: the whole solve runs on the parameters' (the model's) device; ``v`` is moved there and
-s_test is returned there. Random draws (LiSSA mini-batches, the residual sample) use CPU
-generators, so a seed picks the same examples on every device.
+Devices: the policy of ``docs/ARCHITECTURE.md`` ("Devices").
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ import torch
 from torch import Tensor
 
 from . import ihvp
-from .arguments import SolverOptions
+from .arguments import SolverArguments
 from .loss import PreparedData, TrainLoss, full_hvp, mean_hvp
 
 
@@ -33,7 +31,7 @@ CG_PASSES = 12
 residual check took 10, to 1e-4 12, on MiniLM-L6 / SST-2 with automatic damping."""
 
 
-def choose_solver(options: SolverOptions, data: PreparedData) -> SolverOptions:
+def choose_solver(options: SolverArguments, data: PreparedData) -> SolverArguments:
     """``solver="auto"`` made concrete (other solvers are returned unchanged).
 
     LiSSA when an option only LiSSA reads is set (``scale``, ``repeat > 1``, ``keep_repeats``).
@@ -53,8 +51,8 @@ def choose_solver(options: SolverOptions, data: PreparedData) -> SolverOptions:
 
 
 def resolve_damping_scale(objective: TrainLoss, data: PreparedData,
-                          options: SolverOptions) -> tuple[SolverOptions, dict]:
-    """Fill in automatic ``damping``/``scale`` from Lanczos eigenvalue estimates (case C01), and
+                          options: SolverArguments) -> tuple[SolverArguments, dict]:
+    """Fill in automatic ``damping``/``scale`` from Lanczos eigenvalue estimates, and
     check a user-set ``damping`` against λ_min.
 
     λ_min from the full-data Hessian; λ_max from three sampled mini-batch Hessians (the LiSSA
@@ -68,9 +66,9 @@ def resolve_damping_scale(objective: TrainLoss, data: PreparedData,
 
     Returns ``(options with both set, estimates)`` (``estimates``: ``lambda_min``,
     ``lambda_max`` and for LiSSA ``lambda_max_minibatch``; empty when nothing was estimated).
-    Cost: about 2-10 x power_iters HVPs on the full data (5 s at n = 2,000 for MiniLM-L6's
-    head, 3-4 CG solves of 8 queries), plus, for an automatic LiSSA scale, 3 x that on
-    mini-batches. ``solver="auto"`` is made concrete first (:func:`choose_solver`).
+    Cost: about 2-10 x power_iters HVPs on the full data (comparable to 3-4 CG solves of 8
+    queries; measured in ``benchmarks/RESULTS.md``, row (c)), plus, for an automatic LiSSA scale,
+    3 x that on mini-batches. ``solver="auto"`` is made concrete first (:func:`choose_solver`).
 
     Raises:
         IndefiniteHessianError: a user-set ``damping`` is at most -λ_min (a ``ValueError``).
@@ -103,7 +101,7 @@ def resolve_damping_scale(objective: TrainLoss, data: PreparedData,
     return dataclasses.replace(options, damping=damping, scale=scale), estimates
 
 
-def lowrank_hessian(objective: TrainLoss, data: PreparedData, options: SolverOptions) -> ihvp.LowRankHessian:
+def lowrank_hessian(objective: TrainLoss, data: PreparedData, options: SolverArguments) -> ihvp.LowRankHessian:
     """The top-``options.rank`` eigenpairs of the full-data Hessian, for the ``"lowrank"`` solver.
 
     Compute once, pass to every :func:`compute_s_test` call. The eigenvectors ``(P, rank)`` live
@@ -114,7 +112,7 @@ def lowrank_hessian(objective: TrainLoss, data: PreparedData, options: SolverOpt
                                device=objective.theta.device, dtype=objective.theta.dtype)
 
 
-def compute_s_test(objective: TrainLoss, data: PreparedData, v: Tensor, options: SolverOptions | None = None,
+def compute_s_test(objective: TrainLoss, data: PreparedData, v: Tensor, options: SolverArguments | None = None,
                    residual_examples: int = 256, lowrank: ihvp.LowRankHessian | None = None,
                    eigenvalues: dict | None = None) -> ihvp.IHVPResult:
     """s_test = (H + λI)⁻¹ v for ``v`` of shape ``(Q, P)`` (rows: ∇θ m of Q measurements; App. B,
@@ -162,7 +160,7 @@ def compute_s_test(objective: TrainLoss, data: PreparedData, v: Tensor, options:
         LissaDivergenceError: the LiSSA recursion diverged (names ``scale`` and ``damping``).
         FloatingPointError: s_test is not finite.
     """
-    options = choose_solver(options or SolverOptions(), data)
+    options = choose_solver(options or SolverArguments(), data)
     v = v.to(objective.theta.device)
     estimates = {}
     if eigenvalues is None or options.damping is None or (options.solver == "lissa" and options.scale is None):

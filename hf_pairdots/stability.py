@@ -1,6 +1,6 @@
-"""How stable the top-k training examples are across LiSSA repeats (issue #3).
+"""How stable the top-k training examples are across LiSSA repeats.
 
-LiSSA is stochastic: each of its R repeats (``SolverOptions.repeat``) draws its own mini-batches.
+LiSSA is stochastic: each of its R repeats (``SolverArguments.repeat``) draws its own mini-batches.
 :func:`hf_pairdots.ihvp.lissa` reports how far the repeats' s_test estimates are apart
 (``repeat_relative_spread``); what a reader sees, though, is the top-k list of training examples.
 :func:`topk_overlap` measures whether that list survives the solver noise: score the training set

@@ -9,8 +9,7 @@ zero-width space, a lone combining accent), which is not counted as truncated
 (:func:`truncated_words`). :func:`unscorable_texts` finds, before any model call, the texts in
 which no word can be scored.
 
-Devices: the tokenizer builds CPU tensors; :func:`~hf_pairdots.modeling.model_inputs` moves them
-to the model's device right before a forward pass.
+Devices: the policy of ``docs/ARCHITECTURE.md`` ("Devices").
 """
 
 from __future__ import annotations

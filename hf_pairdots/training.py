@@ -5,9 +5,7 @@ code runs on one CPU process here and on many GPUs with ``accelerate launch``. A
 from the repo's own ``evaluate`` metric script (:func:`hf_pairdots.metrics.load_accuracy`),
 which works offline.
 
-Devices: training runs where Accelerate puts the model (the GPU when there is one) and the model
-is returned there; :func:`accuracy` runs its forward passes on the model's device and reads the
-predictions back on the CPU.
+Devices: the policy of ``docs/ARCHITECTURE.md`` ("Devices").
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import json
 import os
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 _SET_OFFLINE = "HF_HUB_OFFLINE" not in os.environ and not os.environ.get("PAIRDOTS_ONLINE")
@@ -30,6 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 CARD_TEMPLATE = REPO / "model_cards" / "model_card.md.j2"
 TINY = "tiny"
+
+CONFIG_OPTIONS = ("params", "num_sampled", "max_candidates", "solver", "depth", "repeat", "damping", "power_iters")
+"""Config keys passed on to :class:`~hf_pairdots.arguments.ExplainArguments` (or its solver) when
+set; the others keep the dataclasses' defaults."""
 
 OBJECTIVE_TITLES = {name: group.title for name, group in GOAL_GROUPS.items()}
 """Objective -> its short title in tables, plots and cards (from the edit-goal table)."""
@@ -145,17 +150,15 @@ def explain_with_edits(config: dict, model, tokenizer, train, queries, out: Path
                        objective: str, top_k: int) -> list[dict]:
     """Explain ``queries`` against ``train`` with the two-stage edit search of ``mode`` ("attack" or
     "fix"), resumably under ``out``; returns the explanation records sorted by query index."""
-    from hf_pairdots.arguments import ExplainArguments, SolverOptions
+    from hf_pairdots.arguments import ExplainArguments
     from hf_pairdots.augment.dataset import explain_labels
     from hf_pairdots.callback import explain_dataset
     from hf_pairdots.report import ExplanationStore
 
-    seed = config["seeds"][0]
-    args = ExplainArguments(queries=selection, max_queries=config["num_queries"], labels=explain_labels(objective),
-                            top_k=config.get("top_k") or top_k, params=config.get("params", "head"),
-                            max_length=config["max_length"], edit=mode, num_sampled=config.get("num_sampled", 5),
-                            max_candidates=config.get("max_candidates", 20), seed=seed,
-                            solver=SolverOptions(solver=config.get("solver", "auto"), depth=config.get("depth", 200), seed=seed))
+    options = {key: config[key] for key in CONFIG_OPTIONS if config.get(key) is not None}
+    args = ExplainArguments.from_flat({**options, "queries": selection, "max_queries": config["num_queries"],
+                                       "labels": explain_labels(objective), "top_k": config.get("top_k") or top_k,
+                                       "max_length": config["max_length"], "edit": mode, "seed": config["seeds"][0]})
     summary = explain_dataset(model, tokenizer, train, queries, args, out, show_progress=config.get("show_progress", False))
     print(f"[{mode}] explained {summary['queries']} queries in {summary['seconds']} s", flush=True)
     return sorted(ExplanationStore(out).records(), key=lambda r: r["query_index"])
@@ -305,29 +308,30 @@ def write_model_card(folder: Path, *, config: dict, data_spec: str, train_rows: 
     return folder / "README.md"
 
 
-def common_arguments(parser):
-    """Arguments shared by the recipes."""
-    parser.add_argument("--config", default="sst2", help="name in recipes/configs/ or a JSON path")
-    parser.add_argument("--paper-scale", action="store_true", help="apply the config's paper_scale preset")
-    parser.add_argument("--out", default=None, help="output folder (default runs/<recipe>-<config>)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--ks", type=int, nargs="+", default=None)
-    parser.add_argument("--train-size", type=int, default=None)
-    parser.add_argument("--num-queries", type=int, default=None)
-    parser.add_argument("--epochs", type=float, default=None)
-    parser.add_argument("--model", default=None, help="Hub id, folder, or 'tiny'")
-    parser.add_argument("--data", default=None, help="data folder/spec overriding the config")
-    parser.add_argument("--save-models", action="store_true", help="also save the weights of every retrained model")
-    return parser
+@dataclass
+class RecipeArguments:
+    """The command line shared by attack.py and fix.py: the config and its overrides (``None``:
+    the config's value)."""
+
+    config: str = field(default="sst2", metadata={"help": "name in recipes/configs/ or a JSON path"})
+    paper_scale: bool = field(default=False, metadata={"help": "apply the config's paper_scale preset"})
+    out: str | None = field(default=None, metadata={"help": "output folder (None = runs/<recipe>-<config>)"})
+    seeds: list[int] | None = field(default=None, metadata={"help": "training seeds (one setting each)"})
+    ks: list[int] | None = field(default=None, metadata={"help": "edited training examples per query, k"})
+    train_size: int | None = field(default=None, metadata={"help": "seeded training subsample (0 = all)"})
+    num_queries: int | None = field(default=None, metadata={"help": "queries explained (max_queries)"})
+    epochs: float | None = field(default=None, metadata={"help": "training epochs of every retraining"})
+    model: str | None = field(default=None, metadata={"help": "Hub id, folder, or 'tiny'"})
+    data: str | None = field(default=None, metadata={"help": "data folder/spec overriding the config"})
+    save_models: bool = field(default=False, metadata={"help": "also save the weights of every retrained model"})
 
 
 def run_recipe(doc: str, training_function, argv=None) -> dict:
-    """Parse the shared arguments (description: the first paragraph of ``doc``), build the config
-    and call ``training_function(config, args)``: the entry point of attack.py and fix.py."""
-    import argparse
+    """Parse :class:`RecipeArguments` (description: the first paragraph of ``doc``), build the
+    config and call ``training_function(config, args)``: the entry point of attack.py and fix.py."""
+    from transformers import HfArgumentParser
 
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    args = common_arguments(parser).parse_args(argv)
+    args = HfArgumentParser(RecipeArguments, description=doc.split("\n\n")[0]).parse_args(argv)
     return training_function(config_from_args(args), args)
 
 

@@ -22,17 +22,19 @@ Outputs under ``--out``: ``trainer/pairdots/{explanations.jsonl, explanations/, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1") if not os.environ.get("PAIRDOTS_ONLINE") else None
 
 import torch  # noqa: E402
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments  # noqa: E402
+from transformers import DataCollatorWithPadding, HfArgumentParser, Trainer, TrainingArguments  # noqa: E402
 
-from hf_pairdots.arguments import SOLVERS, ExplainArguments, SolverOptions  # noqa: E402
+from hf_pairdots.arguments import ExplainArguments, options_dataclass  # noqa: E402
 from hf_pairdots.augment.dataset import apply_edits, edits_dataset  # noqa: E402
 from hf_pairdots.augment.lexicon import ensure_wordnet  # noqa: E402
 from hf_pairdots.callback import PairDotsCallback  # noqa: E402
@@ -69,32 +71,42 @@ class Timer:
         return _Stage()
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=default_data(), help="dataset spec (see hf_pairdots.data); default: local SST-2")
-    p.add_argument("--model", default=None, help="Hub id or folder; default: the packaged MiniLM-L6")
-    p.add_argument("--out", default="runs/sst2", help="output folder")
-    p.add_argument("--train-size", type=int, default=2000, help="seeded training subsample (0 = all)")
-    p.add_argument("--epochs", type=float, default=2)
-    p.add_argument("--learning-rate", type=float, default=5e-5)
-    p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--max-queries", type=int, default=24, help="dev misclassifications to explain")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--fix-per-query", type=int, default=2, help="fixing examples added per explained query")
-    p.add_argument("--params", default="head", help="parameter subset for influence (head, top, all, ...)")
-    p.add_argument("--solver", default="auto", choices=SOLVERS, help="s_test solver (auto: CG or LiSSA by cost)")
-    p.add_argument("--depth", type=int, default=200, help="LiSSA depth")
-    p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+@dataclass
+class RecipeArguments:
+    """The recipe's own options (data, model, training, edits per query)."""
+
+    data: str = field(default_factory=default_data,
+                      metadata={"help": "dataset spec (see hf_pairdots.data); default: local SST-2, else glue/sst2"})
+    model: str | None = field(default=None, metadata={"help": "Hub id or folder; None = the packaged MiniLM-L6"})
+    out: str = field(default="runs/sst2", metadata={"help": "output folder"})
+    train_size: int = field(default=2000, metadata={"help": "seeded training subsample (0 = all)"})
+    epochs: float = field(default=2, metadata={"help": "training epochs (Trainer and both retrains)"})
+    learning_rate: float = field(default=5e-5, metadata={"help": "learning rate (Trainer and both retrains)"})
+    fix_per_query: int = field(default=2, metadata={"help": "fixing examples added per explained query"})
+
+
+EXPLAIN_OPTIONS = options_dataclass("PairTheDotsExplainOptions",
+                                    ["max_queries", "top_k", "params", "max_length", "solver", "depth", "seed"],
+                                    defaults={"max_queries": 24, "params": "head", "max_length": 64})
+"""The explanation options this recipe exposes (help and other defaults from
+:mod:`hf_pairdots.arguments`); ``seed`` also seeds the subsample, the head and training."""
+
+
+def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
+    """All options by name, and the explanation options alone (a flat dict of option names)."""
+    parser = HfArgumentParser([RecipeArguments, EXPLAIN_OPTIONS], description=__doc__.split("\n\n")[0])
+    recipe, options = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
+    options = dataclasses.asdict(options)
+    return argparse.Namespace(**dataclasses.asdict(recipe), **options), options
 
 
 def main(argv=None) -> dict:
-    a = parse_args(argv)
+    a, options = parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     timer = Timer()
     torch.manual_seed(a.seed)
-    ensure_wordnet()  # before any training (case C27)
+    ensure_wordnet()  # before any training
 
     with timer.stage("load data and model"):
         data = load_text_classification(a.data)
@@ -111,9 +123,8 @@ def main(argv=None) -> dict:
         print(f"[pairdots] data {a.data}: train subsample {len(train)} of {len(data['train'])} (seed {a.seed}), "
               f"dev {len(dev)}, test {len(test)}; model {a.model or 'packaged MiniLM-L6'}")
 
-    explain_args = ExplainArguments(max_queries=a.max_queries, top_k=a.top_k, params=a.params, max_length=a.max_length,
-                                    edit="fix", edit_top_k=a.fix_per_query, max_candidates=10, seed=a.seed,
-                                    solver=SolverOptions(solver=a.solver, depth=a.depth, seed=a.seed))
+    explain_args = ExplainArguments.from_flat({**options, "edit": "fix", "edit_top_k": a.fix_per_query,
+                                               "max_candidates": 10})
     callback = PairDotsCallback(dev, train_dataset=train, tokenizer=tokenizer, args=explain_args)
     trainer_args = TrainingArguments(output_dir=str(out / "trainer"), num_train_epochs=a.epochs,
                                      learning_rate=a.learning_rate, per_device_train_batch_size=16, warmup_steps=0.06,

