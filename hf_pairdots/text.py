@@ -1,8 +1,15 @@
 """Whitespace words and their tokenisation: which words of a text the model sees.
 
-The whitespace word is the unit of saliency (Sec. 3.1) and of Eq. 8. Texts are tokenised as
-pre-split words (``is_split_into_words=True``), so the tokenizer's ``word_ids`` map every word
-piece back to its word; special tokens ([CLS], [SEP], padding) map to no word. Which words are
+The whitespace word is the unit of saliency (Sec. 3.1) and of Eq. 8. The token ids are always
+those of the plain encoding of the text, ``tokenizer(text)``, the ids a model fine-tuned on raw
+text was trained on (:func:`word_encoding`). Texts are first tokenised as pre-split words
+(``is_split_into_words=True``), so the tokenizer's ``word_ids`` map every word piece back to its
+word; when that gives other ids than the plain encoding (byte-level BPE tokenizers, RoBERTa,
+GPT-2, BART, Qwen2, loaded with ``add_prefix_space=False``, drop the space marker of pre-split
+words: ``'Ġfrom'`` becomes ``'f', 'rom'``; sentencepiece BPE adds one to every word), the plain
+encoding is used and each token's word is read from its character offsets (:class:`WordEncoding`);
+a slow tokenizer, which has no offsets, is refused then (:class:`TokenizationError`). Special
+tokens ([CLS], [SEP], padding) and whitespace-only tokens map to no word. Which words are
 scored always comes from the encoding's word ids (:func:`scored_words`): a word past
 ``max_length`` has no token, and neither has a word that the tokenizer's normaliser deletes (a
 zero-width space, a lone combining accent), which is not counted as truncated
@@ -15,7 +22,13 @@ to the model's device right before a forward pass.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
+
+import torch
+from transformers import BatchEncoding
+
+from .errors import TokenizationError
 
 
 EMPTY_TEXT = "empty or whitespace-only text"
@@ -64,9 +77,75 @@ def word_encoding(tokenizer, texts: Sequence[str], max_length: int | None = None
     if pad_to_multiple_of is not None and max_length % pad_to_multiple_of:
         pad_to_multiple_of = None
     extra = {} if pad_to_multiple_of is None else {"pad_to_multiple_of": pad_to_multiple_of}
-    enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
-                    padding=True, return_tensors="pt", **extra)
-    return enc, words
+    common = dict(truncation=True, max_length=max_length, padding=True, return_tensors="pt", **extra)
+    enc = tokenizer(words, is_split_into_words=True, **common)
+    fast = bool(getattr(tokenizer, "is_fast", False))
+    plain = tokenizer(list(texts), return_offsets_mapping=fast, **common)
+    offsets = plain.pop("offset_mapping", None)
+    if _same_ids(enc, plain):
+        return enc, words
+    if offsets is None:
+        raise TokenizationError(
+            f"{type(tokenizer).__name__} gives other token ids for pre-split words than for the raw text (a "
+            "byte-level BPE tokenizer loaded with add_prefix_space=False drops the space marker: 'Ġfrom' becomes "
+            "'f', 'rom'), and being a slow tokenizer it has no character offsets to map the raw text's tokens "
+            "to words. Load the fast tokenizer (AutoTokenizer.from_pretrained(..., use_fast=True)), or reload it "
+            "with add_prefix_space=True and fine-tune on that tokenisation")
+    special = set(tokenizer.all_special_ids)
+    ids = [_offset_word_ids(t, o.tolist(), row.tolist(), special) for t, o, row in zip(texts, offsets, plain["input_ids"])]
+    return WordEncoding(dict(plain), ids), words
+
+
+class WordEncoding(BatchEncoding):
+    """The plain encoding of texts (``tokenizer(texts)``: a ``BatchEncoding`` of ``(B, L)``
+    tensors) whose :meth:`word_ids` are read from the tokens' character offsets: token p of text
+    i belongs to the whitespace word holding the first non-whitespace character of its span, and
+    to no word when it is a special token, padding, empty or whitespace only (a lone ``'Ġ'`` of
+    a double space). A token spanning two words belongs to the first (whitespace pre-tokenisers
+    never make one). Built by :func:`word_encoding`."""
+
+    def __init__(self, data: dict, word_ids: Sequence[Sequence[int | None]]):
+        super().__init__(data)
+        self._word_id_lists = [list(w) for w in word_ids]
+
+    def word_ids(self, batch_index: int = 0) -> list[int | None]:
+        """``(L,)`` word index of each token of text ``batch_index`` (``None``: no word)."""
+        return list(self._word_id_lists[batch_index])
+
+
+def _same_ids(a, b) -> bool:
+    x, y = a["input_ids"], b["input_ids"]
+    return x.shape == y.shape and bool(torch.equal(x, y))
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """``[(start, end), ...]`` character spans of the whitespace words of ``text``, in order:
+    ``text[start:end]`` is ``text.split()[k]`` exactly."""
+    spans, start = [], None
+    for i, ch in enumerate(text):
+        if ch.isspace():
+            if start is not None:
+                spans.append((start, i))
+                start = None
+        elif start is None:
+            start = i
+    if start is not None:
+        spans.append((start, len(text)))
+    return spans
+
+
+def _offset_word_ids(text: str, offsets: Sequence[Sequence[int]], ids: Sequence[int], special: set[int]):
+    spans = word_spans(text)
+    starts = [s for s, _ in spans]
+    out: list[int | None] = []
+    for (s, e), token in zip(offsets, ids):
+        first = next((c for c in range(s, e) if not text[c].isspace()), None)
+        if token in special or first is None:
+            out.append(None)
+            continue
+        k = bisect.bisect_right(starts, first) - 1
+        out.append(k if k >= 0 and first < spans[k][1] else None)
+    return out
 
 
 def scored_words(encoding, i: int = 0) -> list[int]:
