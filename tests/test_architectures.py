@@ -7,11 +7,15 @@ scores. docs/architectures.md states the matrix."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
-from architectures import ARCHITECTURES, BYTE_BPE, tokenizer
-from hf_pairdots.errors import TokenizationError
+from architectures import ARCHITECTURES, BYTE_BPE, model, tokenizer
+from hf_pairdots.autograd import select_parameters
+from hf_pairdots.errors import TokenizationError, UnsupportedModelError
+from hf_pairdots.modeling import find_embedding_block
 from hf_pairdots.text import WordEncoding, word_encoding, word_spans
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -58,3 +62,56 @@ def test_c32_slow_tokenizer_refused():
 
     with pytest.raises(TokenizationError, match="add_prefix_space=True"):
         word_encoding(Slow(), ["a b"], 8)
+
+
+HEADS = {  # the modules of each architecture's classification head (what params="auto" covers)
+    "bert": {"bert.pooler", "classifier"}, "albert": {"albert.pooler", "classifier"},
+    "roberta": {"classifier"}, "xlm-roberta": {"classifier"}, "electra": {"classifier"}, "mpnet": {"classifier"},
+    "distilbert": {"pre_classifier", "classifier"}, "deberta-v2": {"pooler", "classifier"},
+    "modernbert": {"head", "classifier"}, "gpt2": {"score"}, "llama": {"score"}, "qwen2": {"score"},
+    "mistral": {"score"}, "bart": {"classification_head"},
+}
+
+
+@functools.lru_cache(maxsize=None)
+def tiny(kind):
+    return model(kind, tokenizer(kind))
+
+
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+def test_default_parameters_are_the_whole_head(kind):
+    net = tiny(kind)
+    names = set(select_parameters(net, "auto").names)
+    want = {n for n, _ in net.named_parameters() if any(n.startswith(h + ".") for h in HEADS[kind])}
+    assert names == want and names
+    assert set(select_parameters(net, "head").names) == want
+    top = set(select_parameters(net, "top").names) if kind != "albert" else want
+    assert want < top or kind == "albert"
+
+
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+def test_embedding_block_is_called_once_per_forward(kind):
+    net, tok = tiny(kind), tokenizer(kind)
+    block = find_embedding_block(net)
+    calls = []
+    handle = block.register_forward_hook(lambda m, i, o: calls.append(o.shape))
+    try:
+        with torch.no_grad():
+            net(**tok(["a dull movie"], return_tensors="pt"))
+    finally:
+        handle.remove()
+    assert len(calls) == 1 and calls[0][-1] == (getattr(net.config, "embedding_size", None) or net.config.hidden_size)
+
+
+def test_compiled_model_presets_resolve_to_the_eager_tensors():
+    net = tiny("gpt2")
+    compiled = torch.compile(net)  # not run: only its `_orig_mod.` names matter
+    assert any(n.startswith("_orig_mod.") for n, _ in compiled.named_parameters())
+    for preset in ("auto", "head", "top", "last:1"):
+        eager, wrapped = select_parameters(net, preset), select_parameters(compiled, preset)
+        assert wrapped.names == eager.names and all(a is b for a, b in zip(wrapped.tensors, eager.tensors))
+
+
+def test_albert_layer_presets_refused_clearly():
+    with pytest.raises(UnsupportedModelError, match="ALBERT shares one layer group"):
+        select_parameters(tiny("albert"), "last:1")
