@@ -34,6 +34,7 @@ to be cached).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,11 +47,14 @@ from .arguments import ExplainArguments
 from .augment.lexicon import Lexicon, ensure_wordnet
 from .augment.goals import EditGoal
 from .augment.search import search_edit
-from .cache import STestCache, cache_key, fingerprint_model, fingerprint_tensor, fingerprint_texts
+from .cache import (STestCache, cache_key, fingerprint_model, fingerprint_tensor, fingerprint_texts,
+                    fingerprint_tokenizer)
 from .distributed import broadcast_object, broadcast_tensor, is_main_process, sharded_train_influence
 from .influence import prepare_word_variants, word_influence
-from .loss import make_train_loss, prepare_data
-from .modeling import autocast_disabled, find_embedding_block, first_position_only, predict_proba
+from .errors import UnsupportedModelError
+from .loss import make_train_loss, mean_gradient_norm, prepare_data
+from .modeling import (SINGLE_LABEL, autocast_disabled, find_embedding_block, first_position_only, influence_mode,
+                       predict_proba, prepare_model, problem_type)
 from .saliency import saliency
 from .solve import compute_s_test, lowrank_hessian, resolve_damping_scale
 from .text import encode_words, unscorable_texts, word_encoding
@@ -97,13 +101,25 @@ class SolvedRows:
     cached: list[bool]
 
 
+def _in_influence_mode(method):
+    """Run an Explainer method with its model in :func:`~hf_pairdots.modeling.influence_mode`."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with influence_mode(self.model):
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
 class Explainer:
     """Saliency + influence explanations against one training set.
 
     Args:
-        model: the trained classifier, float32, eval mode (see
-            :func:`hf_pairdots.modeling.influence_mode`), on any one device (its inputs,
-            cached features, Hessian products and s_test are put there).
+        model: the trained classifier, on any one device (its inputs, cached features, Hessian
+            products and s_test are put there). Prepared here: unwrapped (DDP, accelerate,
+            ``torch.compile``), float32 (a copy of fp16/bf16 weights, kept as :attr:`model`;
+            :func:`~hf_pairdots.modeling.prepare_model`), and in eval mode with eager attention
+            while construction, :meth:`explain` and :meth:`solve` run
+            (:func:`~hf_pairdots.modeling.influence_mode`; its own modes back afterwards).
         tokenizer: its tokenizer.
         train_texts, train_labels: the training set (the Hessian and the candidates). Rows in
             which no word can be scored (empty or whitespace only, or every word deleted by the
@@ -125,7 +141,8 @@ class Explainer:
 
     Cache key of a measurement row (``args.solver.cache_dir`` set): ``cache_key("s_test",
     model fingerprint (θ_S, the rest of the network, config), training-set fingerprint (texts,
-    labels, order), the solver options with the *resolved* damping and scale, {params,
+    labels, order), tokenizer fingerprint (:func:`~hf_pairdots.cache.fingerprint_tokenizer`), the
+    solver options with the *resolved* damping and scale, {params,
     max_length, batch_size, objective, residual_examples}, sha256 of the row's ∇θ m)``. The
     training scores of that row are stored under ``cache_key("train_scores", row key)`` and, with
     LiSSA repeats, the per-repeat scores ``(R, n)`` under ``cache_key("train_scores_repeats", row
@@ -135,12 +152,17 @@ class Explainer:
     one machine and thread count), so identical setups share entries.
 
     Attributes:
+        train_gradient_norm: ||∇θ_S of the mean training loss|| at the model's weights
+            (:func:`~hf_pairdots.loss.mean_gradient_norm`): about 0 when the model was trained
+            to convergence on the loss differentiated.
         train_rows: the rows of ``train_texts`` that are scored, in order (the columns of
             :attr:`SolvedRows.scores` and of the prepared data).
         skipped_train_rows: ``[{"index": row, "reason": str}, ...]``, the rows left out.
 
     Raises:
         SaliencyError: the model has no embedding block (case C14), before any work.
+        UnsupportedModelError: a regression or multi-label model (``config.problem_type``), before
+            any work.
         ValueError: no training row can be scored, before any work.
         IndefiniteHessianError: a user-set ``damping`` leaves H + λI indefinite (a ``ValueError``;
             :func:`~hf_pairdots.ihvp.check_positive_definite`), before any query.
@@ -149,7 +171,17 @@ class Explainer:
     @autocast_disabled()
     def __init__(self, model: nn.Module, tokenizer, train_texts: Sequence[str], train_labels: Sequence[int],
                  args: ExplainArguments, label_names: Sequence[str] | None = None, show_progress: bool = False):
+        model = prepare_model(model)  # unwrapped, float32 (a copy of fp16/bf16 weights)
+        with influence_mode(model):  # eval mode, eager attention; the model's own back afterwards
+            self._setup(model, tokenizer, train_texts, train_labels, args, label_names, show_progress)
+
+    def _setup(self, model, tokenizer, train_texts, train_labels, args, label_names, show_progress) -> None:
         find_embedding_block(model)  # SaliencyError now rather than after the training-side work
+        if problem_type(model) != SINGLE_LABEL:
+            raise UnsupportedModelError(
+                f"Explainer explains single-label classifiers (records name a predicted and a gold class); this model "
+                f"has problem_type={problem_type(model)!r}. Its training loss and saliency are supported by "
+                "hf_pairdots.loss.make_train_loss and hf_pairdots.saliency.saliency (sigmoid / predicted value)")
         self.model, self.tokenizer, self.args = model, tokenizer, args
         self.train_texts, self.train_labels = list(train_texts), [int(y) for y in train_labels]
         self.label_names = list(label_names or [model.config.id2label[i] for i in range(model.config.num_labels)])
@@ -171,6 +203,7 @@ class Explainer:
             ensure_wordnet()  # fail before any work (case C27)
             self.lexicon = Lexicon()
         self.solver, self.eigenvalues = resolve_damping_scale(self.objective, self.data, args.solver)
+        self.train_gradient_norm = mean_gradient_norm(self.objective, self.data)  # about 0 at the optimum
         self.lowrank = lowrank_hessian(self.objective, self.data, self.solver) if self.solver.solver == "lowrank" else None
         # LiSSA repeats: keep each repeat's s_test for the top-k stability (issue #3, capability 7).
         self.repeats = self.solver.repeat if self.solver.solver == "lissa" and self.solver.repeat > 1 else 0
@@ -180,12 +213,14 @@ class Explainer:
             self._key_parts = (
                 fingerprint_model(model, self.objective.params),
                 fingerprint_texts(kept_texts, kept_labels),  # the scored rows: the score columns
+                fingerprint_tokenizer(tokenizer),  # the same texts through another tokenizer are other inputs
                 self.solver,  # resolved λ and σ; cache_key leaves out keep_repeats and cache_dir
                 {"params": args.params, "max_length": args.max_length, "batch_size": args.batch_size,
                  "objective": self.objective.key_name, "residual_examples": RESIDUAL_EXAMPLES},
             )
 
     @autocast_disabled()
+    @_in_influence_mode
     def explain(self, queries: Sequence[Query]) -> list[dict]:
         """Explanation records (schema in docs/ARCHITECTURE.md) for ``queries``, in order.
 
@@ -235,6 +270,7 @@ class Explainer:
         return records
 
     @autocast_disabled()
+    @_in_influence_mode
     def solve(self, v: torch.Tensor) -> SolvedRows:
         """s_test and the Eq. 5 scores of every row of ``v`` (``(Q, P)``, rows ∇θ m), cache first.
 
@@ -364,8 +400,9 @@ class Explainer:
             positions = [[p for p, w in enumerate(ids) if w == row["salient_word"]] for row in group]
             signs = [-1.0 if self.args.salient_by == "magnitude" and row["saliency"].scores[row["salient_word"]] < 0
                      else 1.0 for row in group]
+            mode = group[0]["saliency"].mode  # the saliency's own (grad_x_input where "gradient" is degenerate)
             grads = self.objective.saliency_gradients(dict(enc), [row["label"] for row in group], positions,
-                                                      mode=self.args.saliency_mode, target=self.args.saliency_target)
+                                                      mode=mode, target=self.args.saliency_target)
             out.append(grads * torch.tensor(signs, device=grads.device)[:, None])
         return torch.cat(out)
 

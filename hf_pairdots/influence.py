@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from .arguments import SolverOptions
 from .loss import PreparedData, TrainLoss, loss_directional, tokenize
 from .measurement import loss_measurement_gradient
-from .modeling import model_device
+from .modeling import label_tensor, model_device
 from .solve import compute_s_test, resolve_damping_scale
 from .text import scored_words, word_encoding
 
@@ -277,7 +277,7 @@ def example_influence(objective: TrainLoss, tokenizer, texts: Sequence[str], lab
 
 def _prepare_examples(objective: TrainLoss, tokenizer, texts, labels, max_length: int, inputs_embeds=None) -> dict:
     # No extra padding: these batches (a text and its variants) are about one length already.
-    batch = tokenize(tokenizer, texts, labels, max_length, None)
+    batch = tokenize(tokenizer, texts, label_tensor(objective.model, labels), max_length, None)
     if inputs_embeds is not None and inputs_embeds.shape[:2] != batch["input_ids"].shape:
         raise ValueError(f"inputs_embeds has shape {tuple(inputs_embeds.shape)}; the texts tokenise to "
                          f"{tuple(batch['input_ids'].shape)} (batch, length)")

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .errors import SaliencyError
+from .errors import SaliencyError, UnsupportedModelError
 from .text import word_encoding
 
 
@@ -230,6 +230,22 @@ def eval_mode(model: nn.Module):
             module.training = training
 
 
+def float32_model(model: nn.Module) -> nn.Module:
+    """``model`` itself when every parameter is float32, else a float32 deep copy (fp16/bf16
+    weights: the user's model is never changed). Cost: none, or one copy of the weights."""
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        return copy.deepcopy(model).float()
+    return model
+
+
+def prepare_model(model: nn.Module) -> nn.Module:
+    """The model saliency and influence run on: unwrapped (DDP, accelerate, ``torch.compile``;
+    :func:`unwrap_model`) and float32 (:func:`float32_model`: a copy only for fp16/bf16
+    weights). Eval mode and eager attention are set per call by :func:`influence_mode`, which
+    gives the model its own back afterwards."""
+    return float32_model(unwrap_model(model))
+
+
 @contextlib.contextmanager
 def influence_mode(model: nn.Module):
     """Float32, eval mode, eager attention, unwrapped; restores the model's mode afterwards.
@@ -241,9 +257,7 @@ def influence_mode(model: nn.Module):
     checkpointing are suspended (:func:`suspend_input_require_grads`).
     Yields the model.
     """
-    model = unwrap_model(model)
-    if any(p.dtype != torch.float32 for p in model.parameters()):
-        model = copy.deepcopy(model).float()
+    model = float32_model(unwrap_model(model))
     config = getattr(model, "config", None)
     old_attn = getattr(config, "_attn_implementation", None)
     if old_attn not in (None, "eager") and hasattr(model, "set_attn_implementation"):
@@ -369,19 +383,86 @@ def sequence_length(inputs: dict) -> int:
     return inputs[key].shape[1]
 
 
-def check_labels(model: nn.Module, labels: Tensor, rows: Sequence[int] | None = None) -> None:
-    """Refuse labels outside the model's ``0..num_labels - 1`` before any pass runs.
+SINGLE_LABEL, MULTI_LABEL, REGRESSION = "single_label_classification", "multi_label_classification", "regression"
+PROBLEM_TYPES = (SINGLE_LABEL, MULTI_LABEL, REGRESSION)
+"""The values of ``config.problem_type`` a ``*ForSequenceClassification`` head trains with."""
+
+
+def problem_type(model: nn.Module) -> str:
+    """The model's training problem, as its own loss decides it: ``config.problem_type`` when
+    set, else ``"regression"`` for ``num_labels == 1`` and ``"single_label_classification"``
+    otherwise (transformers' rule for integer labels; a multi-label model must set
+    ``problem_type="multi_label_classification"``).
 
     Raises:
-        ValueError: naming the labels outside the model's, and with ``rows`` (the caller's row
-            index of each label) their rows.
+        UnsupportedModelError: a ``problem_type`` outside :data:`PROBLEM_TYPES`.
+    """
+    config = getattr(unwrap_model(model), "config", None)
+    kind = getattr(config, "problem_type", None)
+    if kind is None:
+        return REGRESSION if getattr(config, "num_labels", 2) == 1 else SINGLE_LABEL
+    if kind not in PROBLEM_TYPES:
+        raise UnsupportedModelError(f"config.problem_type={kind!r} is not one of {PROBLEM_TYPES}: the training loss "
+                                    "is unknown, so influence cannot be taken")
+    return kind
+
+
+def label_tensor(model: nn.Module, labels) -> Tensor:
+    """The labels as the model's loss reads them: ``(N,)`` int64 class ids (single-label),
+    ``(N,)`` float32 targets (regression with one output, else ``(N, num_labels)``) or ``(N,
+    num_labels)`` float32 multi-hot rows (multi-label)."""
+    kind = problem_type(model)
+    dtype = torch.long if kind == SINGLE_LABEL else torch.float32
+    return torch.as_tensor(labels if isinstance(labels, Tensor) else list(labels), dtype=dtype)
+
+
+def check_outputs(model: nn.Module, labels: Tensor) -> None:
+    """Refuse output indices y (the label whose score saliency explains) outside
+    ``0..num_labels - 1``, for every problem type.
+
+    Raises:
+        ValueError: naming the indices outside the model's outputs.
     """
     k = model.config.num_labels
-    bad = [i for i, v in enumerate(labels) if not 0 <= int(v) < k]
+    bad = [int(v) for v in torch.as_tensor(labels).reshape(-1) if not 0 <= int(v) < k]
+    if bad:
+        raise ValueError(f"labels {bad} are outside the model's {k} labels (0..{k - 1})")
+
+
+def check_labels(model: nn.Module, labels: Tensor, rows: Sequence[int] | None = None) -> None:
+    """Refuse labels the model's loss cannot take before any pass runs: single-label classes
+    outside ``0..num_labels - 1`` (or not integers), regression targets that are not finite
+    numbers of the output's shape, multi-label rows that are not ``num_labels`` values in [0, 1].
+
+    Raises:
+        ValueError: naming the bad labels, and with ``rows`` (the caller's row index of each
+            label) their rows.
+    """
+    k = model.config.num_labels
+    kind = problem_type(model)
+    labels = torch.as_tensor(labels)
+    if kind == SINGLE_LABEL:
+        if labels.dim() != 1 or labels.is_floating_point() and not bool((labels == labels.round()).all()):
+            raise ValueError(f"labels of shape {tuple(labels.shape)} and dtype {labels.dtype}: a single-label "
+                             f"classifier takes one class id per example (0..{k - 1})")
+        bad = [i for i, v in enumerate(labels) if not 0 <= int(v) < k]
+        what = f"are outside the model's {k} labels (0..{k - 1})"
+    else:
+        values = labels.float()
+        shape = (len(values),) if kind == REGRESSION and k == 1 else (len(values), k)
+        if values.reshape(len(values), -1).shape != (len(values), k) or values.dim() > 2:
+            raise ValueError(f"labels of shape {tuple(labels.shape)}: problem_type={kind!r} with {k} outputs takes "
+                             f"targets of shape {shape}")
+        rows_ = values.reshape(len(values), -1)
+        ok = torch.isfinite(rows_).all(1) if kind == REGRESSION else ((rows_ >= 0) & (rows_ <= 1)).all(1)
+        bad = [i for i in range(len(values)) if not bool(ok[i])]
+        labels = rows_ if k > 1 else rows_[:, 0]
+        what = "are not finite" if kind == REGRESSION else "are not multi-hot rows of values in [0, 1]"
     if bad:
         where = "" if rows is None else f" of rows {[rows[i] for i in bad]}"
-        raise ValueError(f"labels {[int(labels[i]) for i in bad]}{where} are outside the model's {k} labels "
-                         f"(0..{k - 1})")
+        shown = [labels[i].tolist() if labels.dim() > 1 else (int(labels[i]) if kind == SINGLE_LABEL
+                                                              else float(labels[i])) for i in bad]
+        raise ValueError(f"labels {shown}{where} {what}")
 
 
 @torch.no_grad()

@@ -27,14 +27,17 @@ forward pass, and the gradients of
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .modeling import (autocast_disabled, check_labels, find_embedding_block, model_device, model_inputs,
-                       sequence_length, suspend_input_require_grads)
+from .modeling import (MULTI_LABEL, REGRESSION, SINGLE_LABEL, autocast_disabled, check_outputs, find_embedding_block,
+                       influence_mode, model_device, model_inputs, problem_type, sequence_length,
+                       suspend_input_require_grads)
 from .text import encode_words
 
 # Aliases: this plumbing moved to modeling.py (model preparation and layout) and text.py (words
@@ -68,11 +71,28 @@ class _Perturbation:
         return output if self.delta is None else output + self.delta
 
 
-def label_score(logits: Tensor, labels: Tensor, target: str = "prob") -> Tensor:
-    """S_y per example, shape ``(B,)`` on ``logits``' device: probability (paper),
-    log-probability, or logit margin. ``labels`` may live anywhere (moved to ``logits``' device)."""
+def label_score(logits: Tensor, labels: Tensor, target: str = "prob", problem: str = SINGLE_LABEL) -> Tensor:
+    """S_y per example, shape ``(B,)`` on ``logits``' device. ``labels`` ``(B,)``: the label y
+    (an output index) per example, on any device (moved to ``logits``' device).
+
+    ``problem`` (the model's ``config.problem_type``, :func:`~hf_pairdots.modeling.problem_type`):
+
+    * ``"single_label_classification"``: the softmax probability of y (paper), its log, or the
+      logit margin of y over the best other label;
+    * ``"multi_label_classification"``: the labels are independent, so the sigmoid probability
+      of y, its log (``logsigmoid``), or the logit of y itself (the margin over "not y");
+    * ``"regression"``: the predicted value of output y, for every ``target`` (a softmax over a
+      regression output has no meaning).
+    """
     logits = logits.float()
-    labels = labels.to(logits.device)
+    labels = labels.to(logits.device).long()
+    if target not in TARGETS:
+        raise ValueError(f"target={target!r}: use one of {TARGETS}")
+    own = logits.gather(1, labels[:, None])[:, 0]
+    if problem == REGRESSION:
+        return own
+    if problem == MULTI_LABEL:
+        return {"prob": torch.sigmoid, "logprob": F.logsigmoid, "margin": lambda x: x}[target](own)
     if target == "prob":
         return logits.softmax(-1).gather(1, labels[:, None])[:, 0]
     if target == "logprob":
@@ -107,11 +127,12 @@ def embedding_gradient(model: nn.Module, batch: dict, labels: Tensor, *, target:
     device = model_device(model)
     inputs = model_inputs(batch, device)
     labels = labels.to(device)
+    problem = problem_type(model)
 
     def total_score(delta):
         perturb.delta = delta
         logits = torch.func.functional_call(model, params or {}, args=(), kwargs=inputs, strict=False).logits
-        scores = label_score(logits, labels, target)
+        scores = label_score(logits, labels, target, problem)
         return scores.sum(), (scores, perturb.embeddings)
 
     with _Perturbation(block) as perturb, suspend_input_require_grads(model):
@@ -138,6 +159,29 @@ def token_saliency(grad: Tensor, embeddings: Tensor, mode: str = "gradient") -> 
     if mode == "l2":
         return grad.norm(dim=-1)
     raise ValueError(f"mode={mode!r}: use one of {MODES}")
+
+
+DEGENERATE_RATIO = 1e-4
+""":func:`degenerate_gradient_sum`'s threshold on |Σ_j g_t,j| / ||g_t||₂ (about 1 for a generic
+gradient, about 1e-7·√H for one that sums to zero up to float32 round-off)."""
+
+
+def degenerate_gradient_sum(grad: Tensor, attention_mask: Tensor | None = None) -> bool:
+    """Whether Σ_j ∂S_y/∂e_t,j (``mode="gradient"``) is zero up to round-off for every token of a
+    batch: max_t |Σ_j g_t,j| < :data:`DEGENERATE_RATIO` · max_t ||g_t||₂ over the real tokens
+    (``attention_mask`` ``(B, L)``, on any device; all tokens without it). ``grad``: ``(B, L, H)``.
+
+    This is structural, not a property of the text: when every module reading e (the first
+    layer's norm and, through the residual stream, every later one and the final one) is a
+    LayerNorm, as in pre-LayerNorm models (GPT-2), the gradient at e is orthogonal to the all-ones
+    direction, because a LayerNorm ignores a constant added to all dimensions. A batch whose
+    gradient is exactly zero (saturated S_y) is not degenerate in this sense (``False``)."""
+    sums, norms = grad.sum(-1).abs(), grad.norm(dim=-1)
+    if attention_mask is not None:
+        keep = attention_mask.to(grad.device).bool()
+        sums, norms = sums[keep], norms[keep]
+    largest = float(norms.max()) if norms.numel() else 0.0
+    return largest > 0 and float(sums.max()) < DEGENERATE_RATIO * largest
 
 
 def word_scores(token_scores: Sequence[float], word_ids: Sequence[int | None], num_words: int) -> list[float | None]:
@@ -169,12 +213,16 @@ class WordSaliency:
         scores: one score per word (``None`` = not scored: past the maximum length, or no token).
         label: the label y.
         probability: S_y as a probability, reported next to every saliency.
+        mode: the reduction used (:func:`token_saliency`): the one asked for, or
+            ``"grad_x_input"`` when ``"gradient"`` was degenerate (:func:`degenerate_gradient_sum`);
+            a measurement of Eq. 5 must use the same.
     """
 
     words: list[str]
     scores: list[float | None]
     label: int
     probability: float
+    mode: str = "gradient"
 
     @property
     def most_salient(self) -> int:
@@ -207,30 +255,50 @@ def saliency(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence
     """Word saliency of each text for its label (Sec. 3.1).
 
     Args:
-        model: classifier in eval mode, float32 (the passes run in float32 even inside a caller's
-            ``torch.autocast`` region: :func:`~hf_pairdots.modeling.autocast_disabled`).
+        model: the classifier, prepared here (:func:`~hf_pairdots.modeling.influence_mode`):
+            unwrapped (DDP, accelerate, ``torch.compile``), a float32 copy of fp16/bf16 weights,
+            eval mode and eager attention during the call (the model's own afterwards), float32
+            even inside a caller's ``torch.autocast`` region.
         tokenizer: its tokenizer.
         texts: the texts; whitespace defines the words.
-        labels: the label y to explain for each text.
-        mode, target: see :func:`token_saliency` and :func:`label_score`.
+        labels: the label y to explain for each text (an output index: for a regression model 0,
+            or the output to explain).
+        mode, target: see :func:`token_saliency` and :func:`label_score` (which follows the
+            model's ``config.problem_type``: softmax, sigmoid or the predicted value).
         max_length: truncation length in tokens (default: the model's maximum).
 
     Returns:
         One :class:`WordSaliency` per text (Python floats). The passes run on the model's device.
+        With ``mode="gradient"`` on a model whose summed embedding gradient is identically zero
+        (pre-LayerNorm, GPT-2: :func:`degenerate_gradient_sum`), a ``UserWarning`` and the scores
+        of ``mode="grad_x_input"`` (recorded in :attr:`WordSaliency.mode`).
         Cost: one forward and one backward pass per batch (plus one forward pass for the
         probabilities when ``target`` is not ``"prob"``).
     """
+    with influence_mode(model) as prepared:
+        return _saliency(prepared, tokenizer, texts, labels, mode, target, max_length)
+
+
+def _saliency(model, tokenizer, texts, labels, mode, target, max_length) -> list[WordSaliency]:
     if max_length is None:  # the model's maximum, which may be below the tokenizer's (case C20)
         positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         max_length = min(tokenizer.model_max_length, 512, positions or 512)
     enc, words, _ = encode_words(tokenizer, texts, max_length)
     y = torch.as_tensor(list(labels))
-    check_labels(model, y)
+    check_outputs(model, y)
     grad, emb, scores = embedding_gradient(model, dict(enc), y, target=target)
+    if mode == "gradient" and degenerate_gradient_sum(grad, enc["attention_mask"]):
+        warnings.warn(f"{type(model).__name__}: the summed gradient Σ_j ∂S_y/∂e_t,j at the embedding block's output is "
+                      "identically zero (every reader of it is a LayerNorm, as in pre-LayerNorm models such as "
+                      "GPT-2), so saliency mode='gradient' would rank round-off; using mode='grad_x_input' "
+                      "(Σ_j e_t,j ∂S_y/∂e_t,j) instead. Pass mode='grad_x_input' or 'l2' to silence this.",
+                      UserWarning, stacklevel=2)
+        mode = "grad_x_input"
     per_token = token_saliency(grad, emb, mode).detach().cpu()
-    probs = scores.detach().cpu() if target == "prob" else label_score(_logits_no_grad(model, enc), y, "prob").cpu()
+    probs = (scores.detach().cpu() if target == "prob"
+             else label_score(_logits_no_grad(model, enc), y, "prob", problem_type(model)).cpu())
     return [
-        WordSaliency(w, word_scores(per_token[i].tolist(), enc.word_ids(i), len(w)), int(y[i]), float(probs[i]))
+        WordSaliency(w, word_scores(per_token[i].tolist(), enc.word_ids(i), len(w)), int(y[i]), float(probs[i]), mode)
         for i, w in enumerate(words)
     ]
 
