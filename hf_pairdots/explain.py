@@ -53,7 +53,7 @@ from .distributed import broadcast_object, broadcast_tensor, is_main_process, sh
 from .influence import prepare_word_variants, word_influence
 from .errors import UnsupportedModelError
 from .loss import make_train_loss, mean_gradient_norm, prepare_data
-from .modeling import (SINGLE_LABEL, autocast_disabled, find_embedding_block, first_position_only, influence_mode,
+from .modeling import (SINGLE_LABEL, autocast_disabled, find_embedding_block, first_position_only, eval_eager_mode,
                        predict_proba, prepare_model, problem_type)
 from .saliency import saliency
 from .solve import compute_s_test, lowrank_hessian, resolve_damping_scale
@@ -101,11 +101,11 @@ class SolvedRows:
     cached: list[bool]
 
 
-def _in_influence_mode(method):
-    """Run an Explainer method with its model in :func:`~hf_pairdots.modeling.influence_mode`."""
+def _eval_eager(method):
+    """Run an Explainer method with its model in :func:`~hf_pairdots.modeling.eval_eager_mode`."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        with influence_mode(self.model):
+        with eval_eager_mode(self.model):
             return method(self, *args, **kwargs)
     return wrapper
 
@@ -119,7 +119,7 @@ class Explainer:
             ``torch.compile``), float32 (a copy of fp16/bf16 weights, kept as :attr:`model`;
             :func:`~hf_pairdots.modeling.prepare_model`), and in eval mode with eager attention
             while construction, :meth:`explain` and :meth:`solve` run
-            (:func:`~hf_pairdots.modeling.influence_mode`; its own modes back afterwards).
+            (:func:`~hf_pairdots.modeling.eval_eager_mode`; its own modes back afterwards).
         tokenizer: its tokenizer.
         train_texts, train_labels: the training set (the Hessian and the candidates). Rows in
             which no word can be scored (empty or whitespace only, or every word deleted by the
@@ -172,7 +172,7 @@ class Explainer:
     def __init__(self, model: nn.Module, tokenizer, train_texts: Sequence[str], train_labels: Sequence[int],
                  args: ExplainArguments, label_names: Sequence[str] | None = None, show_progress: bool = False):
         model = prepare_model(model)  # unwrapped, float32 (a copy of fp16/bf16 weights)
-        with influence_mode(model):  # eval mode, eager attention; the model's own back afterwards
+        with eval_eager_mode(model):  # eval mode, eager attention; the model's own back afterwards
             self._setup(model, tokenizer, train_texts, train_labels, args, label_names, show_progress)
 
     def _setup(self, model, tokenizer, train_texts, train_labels, args, label_names, show_progress) -> None:
@@ -220,7 +220,7 @@ class Explainer:
             )
 
     @autocast_disabled()
-    @_in_influence_mode
+    @_eval_eager
     def explain(self, queries: Sequence[Query]) -> list[dict]:
         """Explanation records (schema in docs/ARCHITECTURE.md) for ``queries``, in order.
 
@@ -270,7 +270,7 @@ class Explainer:
         return records
 
     @autocast_disabled()
-    @_in_influence_mode
+    @_eval_eager
     def solve(self, v: torch.Tensor) -> SolvedRows:
         """s_test and the Eq. 5 scores of every row of ``v`` (``(Q, P)``, rows ∇θ m), cache first.
 

@@ -230,20 +230,24 @@ def eval_mode(model: nn.Module):
             module.training = training
 
 
-def float32_model(model: nn.Module) -> nn.Module:
-    """``model`` itself when every parameter is float32, else a float32 deep copy (fp16/bf16
-    weights: the user's model is never changed). Cost: none, or one copy of the weights."""
-    if any(p.dtype != torch.float32 for p in model.parameters()):
+def float32_model(model: nn.Module, *, keep_float64: bool = False) -> nn.Module:
+    """``model`` itself when every floating parameter is float32 (or, with ``keep_float64``,
+    float64), else a float32 deep copy (fp16/bf16 weights: the user's model is never changed).
+    Cost: none, or one copy of the weights."""
+    allowed = (torch.float32, torch.float64) if keep_float64 else (torch.float32,)
+    if any(p.is_floating_point() and p.dtype not in allowed for p in model.parameters()):
         return copy.deepcopy(model).float()
     return model
 
 
 def prepare_model(model: nn.Module) -> nn.Module:
-    """The model saliency and influence run on: unwrapped (DDP, accelerate, ``torch.compile``;
-    :func:`unwrap_model`) and float32 (:func:`float32_model`: a copy only for fp16/bf16
-    weights). Eval mode and eager attention are set per call by :func:`influence_mode`, which
-    gives the model its own back afterwards."""
-    return float32_model(unwrap_model(model))
+    """The model that :func:`~hf_pairdots.saliency.saliency` and the
+    :class:`~hf_pairdots.explain.Explainer` run on: unwrapped (DDP, accelerate, ``torch.compile``;
+    :func:`unwrap_model`) and at least float32 (:func:`float32_model`: a float32 copy of
+    fp16/bf16 weights; float64 weights, a caller's explicit choice of more precision, are kept).
+    Eval mode and eager attention are set per call by :func:`eval_eager_mode`, which gives the
+    model its own back afterwards."""
+    return float32_model(unwrap_model(model), keep_float64=True)
 
 
 @contextlib.contextmanager
@@ -258,15 +262,25 @@ def influence_mode(model: nn.Module):
     Yields the model.
     """
     model = float32_model(unwrap_model(model))
+    with eval_eager_mode(model):
+        yield model
+
+
+@contextlib.contextmanager
+def eval_eager_mode(model: nn.Module):
+    """Eval mode and eager attention (SDPA / flash attention have no double backward, case C06),
+    input-embedding hooks suspended, autocast left, for the block; the model's attention
+    implementation and modes come back afterwards. Yields the model."""
     config = getattr(model, "config", None)
     old_attn = getattr(config, "_attn_implementation", None)
-    if old_attn not in (None, "eager") and hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation("eager")  # SDPA/flash have no double backward (case C06)
+    switch = old_attn not in (None, "eager") and hasattr(model, "set_attn_implementation")
+    if switch:
+        model.set_attn_implementation("eager")
     try:
         with eval_mode(model), suspend_input_require_grads(model), autocast_disabled():
             yield model
     finally:
-        if old_attn not in (None, "eager") and hasattr(model, "set_attn_implementation"):
+        if switch:
             model.set_attn_implementation(old_attn)
 
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .modeling import (MULTI_LABEL, REGRESSION, SINGLE_LABEL, autocast_disabled, check_outputs, find_embedding_block,
-                       influence_mode, model_device, model_inputs, problem_type, sequence_length,
+                       eval_eager_mode, model_device, model_inputs, prepare_model, problem_type, sequence_length,
                        suspend_input_require_grads)
 from .text import encode_words
 
@@ -177,9 +177,9 @@ def degenerate_gradient_sum(grad: Tensor, attention_mask: Tensor | None = None) 
     direction, because a LayerNorm ignores a constant added to all dimensions. A batch whose
     gradient is exactly zero (saturated S_y) is not degenerate in this sense (``False``)."""
     sums, norms = grad.sum(-1).abs(), grad.norm(dim=-1)
-    if attention_mask is not None:
-        keep = attention_mask.to(grad.device).bool()
-        sums, norms = sums[keep], norms[keep]
+    if attention_mask is not None:  # padding counts as 0 (masks, not boolean indexing: no data-dependent shape)
+        keep = attention_mask.to(grad.device, grad.dtype)
+        sums, norms = sums * keep, norms * keep
     largest = float(norms.max()) if norms.numel() else 0.0
     return largest > 0 and float(sums.max()) < DEGENERATE_RATIO * largest
 
@@ -255,7 +255,7 @@ def saliency(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence
     """Word saliency of each text for its label (Sec. 3.1).
 
     Args:
-        model: the classifier, prepared here (:func:`~hf_pairdots.modeling.influence_mode`):
+        model: the classifier, prepared here (:func:`~hf_pairdots.modeling.prepare_model`):
             unwrapped (DDP, accelerate, ``torch.compile``), a float32 copy of fp16/bf16 weights,
             eval mode and eager attention during the call (the model's own afterwards), float32
             even inside a caller's ``torch.autocast`` region.
@@ -275,8 +275,9 @@ def saliency(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence
         Cost: one forward and one backward pass per batch (plus one forward pass for the
         probabilities when ``target`` is not ``"prob"``).
     """
-    with influence_mode(model) as prepared:
-        return _saliency(prepared, tokenizer, texts, labels, mode, target, max_length)
+    model = prepare_model(model)
+    with eval_eager_mode(model):
+        return _saliency(model, tokenizer, texts, labels, mode, target, max_length)
 
 
 def _saliency(model, tokenizer, texts, labels, mode, target, max_length) -> list[WordSaliency]:

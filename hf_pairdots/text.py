@@ -25,7 +25,6 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 
-import torch
 from transformers import BatchEncoding
 
 from .errors import TokenizationError
@@ -77,13 +76,13 @@ def word_encoding(tokenizer, texts: Sequence[str], max_length: int | None = None
     if pad_to_multiple_of is not None and max_length % pad_to_multiple_of:
         pad_to_multiple_of = None
     extra = {} if pad_to_multiple_of is None else {"pad_to_multiple_of": pad_to_multiple_of}
-    common = dict(truncation=True, max_length=max_length, padding=True, return_tensors="pt", **extra)
-    enc = tokenizer(words, is_split_into_words=True, **common)
+    common = dict(truncation=True, max_length=max_length, padding=True, **extra)
+    enc = tokenizer(words, is_split_into_words=True, **common)  # Python lists: compared before any tensor exists
     fast = bool(getattr(tokenizer, "is_fast", False))
     plain = tokenizer(list(texts), return_offsets_mapping=fast, **common)
     offsets = plain.pop("offset_mapping", None)
-    if _same_ids(enc, plain):
-        return enc, words
+    if enc["input_ids"] == plain["input_ids"]:
+        return enc.convert_to_tensors("pt"), words
     if offsets is None:
         raise TokenizationError(
             f"{type(tokenizer).__name__} gives other token ids for pre-split words than for the raw text (a "
@@ -92,8 +91,8 @@ def word_encoding(tokenizer, texts: Sequence[str], max_length: int | None = None
             "to words. Load the fast tokenizer (AutoTokenizer.from_pretrained(..., use_fast=True)), or reload it "
             "with add_prefix_space=True and fine-tune on that tokenisation")
     special = set(tokenizer.all_special_ids)
-    ids = [_offset_word_ids(t, o.tolist(), row.tolist(), special) for t, o, row in zip(texts, offsets, plain["input_ids"])]
-    return WordEncoding(dict(plain), ids), words
+    ids = [_offset_word_ids(t, o, row, special) for t, o, row in zip(texts, offsets, plain["input_ids"])]
+    return WordEncoding(dict(plain), ids).convert_to_tensors("pt"), words
 
 
 class WordEncoding(BatchEncoding):
@@ -111,11 +110,6 @@ class WordEncoding(BatchEncoding):
     def word_ids(self, batch_index: int = 0) -> list[int | None]:
         """``(L,)`` word index of each token of text ``batch_index`` (``None``: no word)."""
         return list(self._word_id_lists[batch_index])
-
-
-def _same_ids(a, b) -> bool:
-    x, y = a["input_ids"], b["input_ids"]
-    return x.shape == y.shape and bool(torch.equal(x, y))
 
 
 def word_spans(text: str) -> list[tuple[int, int]]:

@@ -63,8 +63,7 @@ def test_c32_slow_tokenizer_refused():
         is_fast, model_max_length, all_special_ids = False, 64, []
 
         def __call__(self, texts, is_split_into_words=False, **kwargs):
-            rows = [[1, 2] if is_split_into_words else [3] for _ in texts]
-            return {"input_ids": torch.tensor(rows)}
+            return {"input_ids": [[1, 2] if is_split_into_words else [3] for _ in texts]}
 
     with pytest.raises(TokenizationError, match="add_prefix_space=True"):
         word_encoding(Slow(), ["a b"], 8)
