@@ -311,7 +311,14 @@ from .constants import ERASERS  # noqa: E402  (the choice lists live in constant
 def erased_variants(tokenizer, text: str, eraser: str = "unk") -> list[str]:
     """The texts z̃(t, UNK) of Eq. 8: each whitespace word replaced by the tokenizer's UNK
     (``"unk"``) or mask (``"mask"``) token. Tokenizers without that token raise ``ValueError``
-    naming the alternatives (case C22); ``"zero"`` needs no token (see :func:`word_influence`)."""
+    naming the alternatives (case C22); ``"zero"`` needs no token (see :func:`word_influence`).
+
+    Byte-level BPE tokenizers have no UNK of their own: GPT-2's and Qwen2's ``unk_token`` is
+    ``"<|endoftext|>"``, also their EOS and (by the usual recipe) pad token, and Llama-family
+    classifiers often set pad to ``"<unk>"``. That token is then the eraser, by choice
+    (docs/architectures.md): a decoder classifier reads the last non-pad token, so erasing the
+    last word with it makes the model read the token before; ``eraser="zero"`` (the word's
+    embeddings set to zero) has no such effect."""
     token = {"unk": tokenizer.unk_token, "mask": tokenizer.mask_token}.get(eraser)
     if token is None:
         raise ValueError(f"eraser={eraser!r}: the tokenizer has no such token; use one of "

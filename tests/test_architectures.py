@@ -18,6 +18,7 @@ import torch
 from architectures import ARCHITECTURES, BYTE_BPE, CORPUS, model, tokenizer
 from hf_pairdots.arguments import ExplainArguments, SolverOptions
 from hf_pairdots.autograd import select_parameters
+from hf_pairdots.cache import fingerprint_tokenizer
 from hf_pairdots.explain import Explainer, Query
 from hf_pairdots.saliency import degenerate_gradient_sum, saliency
 from hf_pairdots.errors import TokenizationError, UnsupportedModelError
@@ -220,3 +221,17 @@ def test_explainer_default_params_cover_the_head_and_give_finite_scores(kind):
         for t in entry["top_train"]:
             assert all(x is None or math.isfinite(x) for x in t["word_influence"])
     assert math.isfinite(explainer.train_gradient_norm)
+
+
+def test_cache_key_includes_the_tokenizer():
+    roberta = fingerprint_tokenizer(tokenizer("roberta"))
+    assert fingerprint_tokenizer(tokenizer("roberta")) == roberta  # same tokenizer, same key
+    assert fingerprint_tokenizer(tokenizer("roberta", add_prefix_space=True)) != roberta
+    assert fingerprint_tokenizer(tokenizer("gpt2")) != roberta  # another vocabulary and post-processor
+    left = copy.deepcopy(tokenizer("roberta"))
+    left.padding_side = "left"
+    assert fingerprint_tokenizer(left) != roberta
+    lower = fingerprint_tokenizer(tokenizer("bert"))
+    cased = copy.deepcopy(tokenizer("bert"))
+    cased.do_lower_case = False
+    assert fingerprint_tokenizer(cased) != lower
