@@ -132,7 +132,8 @@ class ModelLayout:
         blocks = [f"{self.layers_name}.{index}.{n}" for n, child in last.named_children()
                   if n in FEED_FORWARD_BLOCKS and any(True for _ in child.parameters())]
         if blocks:  # a final norm between the last layer and the head (GPT-2 ln_f, Llama norm) is part of the top
-            blocks += [f"{self.base_prefix}.{n}" for n in FINAL_NORMS if isinstance(getattr(self.base, n, None), nn.Module)]
+            blocks += [f"{self.base_prefix}.{n}" for n in FINAL_NORMS
+                       if isinstance(getattr(self.base, n, None), nn.Module)]
         return tuple(blocks)
 
     @property

@@ -164,7 +164,8 @@ def config(kind: str, tok, num_labels: int = 2, **overrides):
                   **SMALL, **ids)
     elif kind == "modernbert":
         cfg = transformers.ModernBertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                            intermediate_size=37, max_position_embeddings=64, global_attn_every_n_layers=1,
+                                            intermediate_size=37, max_position_embeddings=64,
+                                            global_attn_every_n_layers=1,
                                             local_attention=16, cls_token_id=tok.cls_token_id,
                                             sep_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id,
                                             eos_token_id=tok.sep_token_id, **ids)

@@ -65,7 +65,8 @@ def test_regression_targets_checked(tok):
 def test_label_score_follows_the_head():
     logits = torch.tensor([[2.0, -1.0, 0.5]])
     y = torch.tensor([2])
-    assert label_score(logits, y, "prob", "multi_label_classification").item() == pytest.approx(1 / (1 + torch.e ** -0.5))
+    sigmoid = 1 / (1 + torch.e ** -0.5)
+    assert label_score(logits, y, "prob", "multi_label_classification").item() == pytest.approx(sigmoid)
     assert label_score(logits, y, "margin", "multi_label_classification").item() == 0.5
     assert label_score(logits, y, "prob", "regression").item() == 0.5  # the predicted value, no softmax
     assert label_score(logits, y, "prob").item() == pytest.approx(logits.softmax(-1)[0, 2].item())
