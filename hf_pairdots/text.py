@@ -25,7 +25,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 
-from transformers import BatchEncoding
+from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 from .errors import TokenizationError
 
@@ -58,6 +58,8 @@ def encode_words(tokenizer, texts: Sequence[str], max_length: int | None = None,
 
     Raises:
         ValueError: a text is empty or whitespace only (naming its row).
+        TokenizationError: pre-split words give other ids than the raw text and the tokenizer is a
+            slow one, without offsets (a ``ValueError``; the message names the fix).
     """
     enc, words = word_encoding(tokenizer, texts, max_length, pad_to_multiple_of, rows)
     return enc, words, truncated_words(tokenizer, words, [enc.word_ids(i) for i in range(len(words))])
@@ -66,7 +68,14 @@ def encode_words(tokenizer, texts: Sequence[str], max_length: int | None = None,
 def word_encoding(tokenizer, texts: Sequence[str], max_length: int | None = None,
                   pad_to_multiple_of: int | None = None, rows: Sequence[int] | None = None):
     """``(encoding, words)`` of :func:`encode_words` (same arguments and errors), without the
-    truncation count: for callers that only feed the encoding to the model."""
+    truncation count: for callers that only feed the encoding to the model.
+
+    The encoding's ids are those of ``tokenizer(texts)`` (padded, truncated): the pre-split
+    encoding when its ids are the same (WordPiece, unigram), else the plain encoding as a
+    :class:`WordEncoding` (byte-level BPE with ``add_prefix_space=False``, sentencepiece BPE).
+    Cost: two tokenisations of the texts (pre-split and plain, compared as lists). A tokenizer
+    that is no ``transformers`` tokenizer (a word-level stand-in) is called on the pre-split
+    words only, and its word ids are taken as it gives them."""
     words = [t.split() for t in texts]
     for i, w in enumerate(words):
         if not w:
@@ -77,9 +86,11 @@ def word_encoding(tokenizer, texts: Sequence[str], max_length: int | None = None
         pad_to_multiple_of = None
     extra = {} if pad_to_multiple_of is None else {"pad_to_multiple_of": pad_to_multiple_of}
     common = dict(truncation=True, max_length=max_length, padding=True, **extra)
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):  # a duck-typed word tokenizer: its word ids as given
+        return tokenizer(words, is_split_into_words=True, return_tensors="pt", **common), words
     enc = tokenizer(words, is_split_into_words=True, **common)  # Python lists: compared before any tensor exists
     fast = bool(getattr(tokenizer, "is_fast", False))
-    plain = tokenizer(list(texts), return_offsets_mapping=fast, **common)
+    plain = tokenizer(list(texts), **({"return_offsets_mapping": True} if fast else {}), **common)
     offsets = plain.pop("offset_mapping", None)
     if enc["input_ids"] == plain["input_ids"]:
         return enc.convert_to_tensors("pt"), words

@@ -14,6 +14,7 @@ import warnings
 
 import pytest
 import torch
+from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 from architectures import ARCHITECTURES, BYTE_BPE, CORPUS, model, tokenizer
 from hf_pairdots.arguments import ExplainArguments, SolverOptions
@@ -60,11 +61,14 @@ def test_c32_byte_level_bpe_mapped_by_offsets(kind):
 
 
 def test_c32_slow_tokenizer_refused():
-    class Slow:  # a tokenizer without offsets whose pre-split ids differ from the raw text's
-        is_fast, model_max_length, all_special_ids = False, 64, []
+    class Slow(PreTrainedTokenizerBase):  # no offsets, and pre-split ids that differ from the raw text's
+        is_fast, all_special_ids = False, []
+
+        def __init__(self):
+            super().__init__(model_max_length=64)
 
         def __call__(self, texts, is_split_into_words=False, **kwargs):
-            return {"input_ids": [[1, 2] if is_split_into_words else [3] for _ in texts]}
+            return BatchEncoding({"input_ids": [[1, 2] if is_split_into_words else [3] for _ in texts]})
 
     with pytest.raises(TokenizationError, match="add_prefix_space=True"):
         word_encoding(Slow(), ["a b"], 8)
