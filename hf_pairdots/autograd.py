@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .modeling import ModelLayout
+from .errors import UnsupportedModelError
+from .modeling import FEED_FORWARD_BLOCKS, ModelLayout, unwrap_model
 
 
 @dataclass(frozen=True)
@@ -67,18 +68,24 @@ from .constants import LAST_PREFIX, PRESETS  # noqa: E402  (fixed preset names; 
 
 
 def _parse_last(preset: str, num_layers: int | None) -> int:
-    """K of a ``"last:K"`` preset, checked against the model's number of encoder layers."""
+    """K of a ``"last:K"`` preset, checked against the model's number of layers."""
     text = preset[len(LAST_PREFIX):]
     if not text.strip().isdigit():
         raise ValueError(f"params={preset!r}: write 'last:K' with an integer K >= 1, e.g. 'last:2'")
     k = int(text)
     if num_layers is None:
-        raise ValueError(f"params={preset!r} needs an encoder with `.encoder.layer` (BERT family); "
-                         "pass params='all', 'classifier', or a list of name patterns instead.")
+        raise _no_layers(preset)
     if not 1 <= k <= num_layers:
         raise ValueError(f"params={preset!r}: K={k} is out of range; this model has {num_layers} encoder "
                          f"layers, so use 1 <= K <= {num_layers}")
     return k
+
+
+def _no_layers(preset: str) -> UnsupportedModelError:
+    return UnsupportedModelError(
+        f"params={preset!r} needs an encoder with a list of layers (`.encoder.layer`, `.layers`, `.h`, ...; "
+        "ALBERT shares one layer group); pass params='head', 'all', 'classifier', or a list of name patterns "
+        "instead.")
 
 
 def _preset_patterns(model: nn.Module, preset: str) -> list[str]:
@@ -93,19 +100,25 @@ def _preset_patterns(model: nn.Module, preset: str) -> list[str]:
         return ["*lora_*"]
     if preset == "classifier":  # everything outside the base model
         return [prefix + n for n, _ in layout.inner.named_parameters() if not n.startswith(base + ".")]
-    head = [f"{prefix}{base}.pooler.*", f"{prefix}classifier.*"]
-    if preset == "head":
-        return head
     layers = layout.layers
     if preset.startswith(LAST_PREFIX):
         n = None if layers is None else len(layers)
         k = _parse_last(preset, n)
-        return [f"{prefix}{base}.encoder.layer.{i}.*" for i in range(n - k, n)] + head
-    if layers is None:
-        raise ValueError(f"params={preset!r} needs an encoder with `.encoder.layer` (BERT family); "
-                         "pass params='all', 'classifier', or a list of name patterns instead.")
-    last = f"{prefix}{base}.encoder.layer.{len(layers) - 1}"
-    return [f"{last}.intermediate.*", f"{last}.output.*", *head]
+        below = [f"{prefix}{layout.layers_name}.{i}.*" for i in range(n - k, n)]
+    elif preset == "top":
+        if layers is None:
+            raise _no_layers(preset)
+        below = [f"{prefix}{name}.*" for name in layout.feed_forward_names]
+        if not below:
+            raise UnsupportedModelError(f"params='top': the last layer of {type(layout.inner).__name__} has none of "
+                                        f"the feed-forward blocks {FEED_FORWARD_BLOCKS}; use params='last:1'")
+    else:
+        below = []
+    if not layout.head_names:
+        raise UnsupportedModelError(
+            f"params={preset!r}: {type(layout.inner).__name__} has no classification head this package can find "
+            "(a module beside the base model, or the base model's pooler); pass a list of name patterns")
+    return below + [f"{prefix}{name}.*" for name in layout.head_names]
 
 
 def select_parameters(model: nn.Module, params: str | Sequence[str] = "head") -> ParameterSet:
@@ -118,29 +131,40 @@ def select_parameters(model: nn.Module, params: str | Sequence[str] = "head") ->
             * ``"auto"``: ``"lora"`` when the model has trainable LoRA adapters (a peft
               model: influence over what was fine-tuned), else ``"head"``;
             * ``"all"``: every parameter that requires grad;
-            * ``"top"`` (BERT family): the last encoder layer's feed-forward block, the
-              pooler and the classifier; the subset that :mod:`hf_pairdots.features` caches
-              (1.33 M parameters for MiniLM-L6);
-            * ``"head"`` (default): the pooler and the classifier (0.15 M for MiniLM-L6; cached
-              too, about 9x cheaper per HVP than ``"top"``);
+            * ``"top"``: the last layer's feed-forward block and its norm
+              (:attr:`~hf_pairdots.modeling.ModelLayout.feed_forward_names`) and the head; for the
+              BERT family the subset that :mod:`hf_pairdots.features` caches (1.33 M parameters
+              for MiniLM-L6);
+            * ``"head"`` (default): the whole classification head
+              (:attr:`~hf_pairdots.modeling.ModelLayout.head_names`: the pooler and the
+              classifier of BERT / ALBERT, ``pre_classifier`` + ``classifier`` of DistilBERT,
+              ContextPooler + classifier of DeBERTa, ``head`` + ``classifier`` of ModernBERT,
+              ``score`` of GPT-2 / Llama / Qwen2 / Mistral, ``classification_head`` of BART,
+              the two-layer ``classifier`` of RoBERTa / ELECTRA / MPNet; 0.15 M for MiniLM-L6,
+              cached too, about 9x cheaper per HVP than ``"top"``);
             * ``"classifier"``: parameters outside the base model (the classification head);
             * ``"lora"``: the LoRA adapter weights of a peft model;
-            * ``"last:K"`` (BERT family, 1 <= K <= number of encoder layers): every parameter of
-              the last K encoder layers (attention and feed-forward), the pooler and the
-              classifier. Unlike ``"top"`` this is not cached by :mod:`hf_pairdots.features`:
+            * ``"last:K"`` (1 <= K <= number of layers, :data:`~hf_pairdots.modeling.LAYER_LISTS`;
+              BART: decoder layers): every parameter of the last K layers (attention and
+              feed-forward) and the head. Unlike ``"top"`` this is not cached by :mod:`hf_pairdots.features`:
               influence then runs through the full model (one full forward/HVP pass per
               example). For MiniLM-L6, ``"last:1"`` is 1.78 M + 0.15 M parameters; each extra layer
               adds 1.78 M. On a peft model only the trainable parameters inside those layers
               (the adapters) and the trainable head copy are taken, as with the other presets.
+
+    A ``torch.compile`` / DDP wrapper is looked through (:func:`~hf_pairdots.modeling.unwrap_model`):
+    the names are those of the unwrapped model, the tensors the same.
 
     Returns:
         A :class:`ParameterSet`. Frozen parameters (``requires_grad=False``) are left out and tied
         parameters are counted once.
 
     Raises:
-        ValueError: unknown preset, ``"last:K"`` with K out of range or on a model without
-            ``.encoder.layer``, or no trainable parameter matches.
+        ValueError: unknown preset, ``"last:K"`` with K out of range, or no trainable parameter
+            matches. :class:`~hf_pairdots.errors.UnsupportedModelError` (a ``ValueError``): a
+            preset the model's layout lacks (no head, no list of layers, no feed-forward block).
     """
+    model = unwrap_model(model)
     if isinstance(params, str):
         if params not in PRESETS and not params.startswith(LAST_PREFIX):
             raise ValueError(f"params={params!r}: use one of {PRESETS}, 'last:K', or a list of name patterns")

@@ -113,6 +113,35 @@ def fingerprint_model(model: nn.Module, params: ParameterSet, *, include_rest: b
     return h.hexdigest()
 
 
+TOKENIZER_SETTINGS = ("padding_side", "truncation_side", "add_prefix_space", "do_lower_case", "lowercase",
+                      "model_max_length", "add_bos_token", "add_eos_token")
+"""Tokenizer attributes (or ``init_kwargs``) that change the ids of a text, hashed by
+:func:`fingerprint_tokenizer` besides its class and vocabulary."""
+
+
+def fingerprint_tokenizer(tokenizer) -> str:
+    """sha256 of what the token ids of a text depend on in ``tokenizer``: its class name, its
+    vocabulary (``get_vocab()``, sorted; added tokens included), its special tokens and the
+    settings of :data:`TOKENIZER_SETTINGS` (padding and truncation side, ``add_prefix_space``,
+    lower-casing, maximum length, BOS/EOS), as attributes or else ``init_kwargs``; with a fast
+    tokenizer also its normaliser / pre-tokeniser / post-processor JSON. The same texts through
+    another tokenizer are other inputs, so s_test and the scores must not be shared.
+    Cost: one pass over the vocabulary (and the tokenizer JSON)."""
+    h = hashlib.sha256(type(tokenizer).__name__.encode() + b"\0")
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    h.update(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
+    init = getattr(tokenizer, "init_kwargs", {}) or {}
+    settings = {k: getattr(tokenizer, k, init.get(k)) for k in TOKENIZER_SETTINGS}
+    settings["special"] = getattr(tokenizer, "special_tokens_map", {})
+    h.update(json.dumps(settings, sort_keys=True, default=repr).encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        h.update(json.dumps({k: state.get(k) for k in ("normalizer", "pre_tokenizer", "post_processor", "truncation")},
+                            sort_keys=True).encode())
+    return h.hexdigest()
+
+
 def fingerprint_texts(texts: Sequence[str], labels: Sequence[int]) -> str:
     """sha256 of the training set: every (text, label) pair, in order (the order matters:
     LiSSA's mini-batches and the score columns follow it). Cost: one pass over the texts.

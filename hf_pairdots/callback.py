@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -176,6 +177,7 @@ class PairDotsCallback(TrainerCallback):
             raise ValueError("PairDotsCallback: no tokenizer; pass tokenizer= or Trainer(processing_class=...)")
         if train is None or "text" not in train.column_names:
             raise ValueError("PairDotsCallback: the Trainer's train dataset has no 'text' column; pass train_dataset=")
+        warn_if_loss_differs(train_args)
         self.last_summary = explain_dataset(kwargs["model"], tokenizer, train, self.query_dataset, self.args, out,
                                             show_progress=not train_args.disable_tqdm,
                                             meta={"global_step": state.global_step,
@@ -369,3 +371,20 @@ def _write_suspicious(model, tokenizer, train, queries_ds, args, out: Path, meta
     examples, meta["suspicious"] = find_suspicious(model, tokenizer, train, queries_ds, args)
     atomic_write_text(out / SUSPICIOUS_NAME, json.dumps(examples, indent=2, ensure_ascii=False) + "\n")
     return examples
+
+
+def warn_if_loss_differs(train_args) -> bool:
+    """Warn (``UserWarning``) when the ``TrainingArguments`` train with a loss other than the one
+    influence differentiates (:func:`~hf_pairdots.loss.example_losses`): a
+    ``label_smoothing_factor`` above 0 moves the optimum, so the mean gradient of the plain loss
+    is not about 0 there and H is taken at another point than the training loss's. Returns
+    whether it warned."""
+    smoothing = float(getattr(train_args, "label_smoothing_factor", 0.0) or 0.0)
+    if smoothing > 0:
+        warnings.warn(f"TrainingArguments.label_smoothing_factor={smoothing:g}: the model was trained with label "
+                      "smoothing, but influence differentiates the model's plain loss (cross-entropy without "
+                      "smoothing), whose gradient at the trained weights is not zero; the scores describe a "
+                      "slightly different minimum (train without smoothing for faithful influence)",
+                      UserWarning, stacklevel=2)
+        return True
+    return False

@@ -12,7 +12,11 @@ names the option to change and how.
 - :class:`IndefiniteHessianError` (:mod:`hf_pairdots.ihvp`): H + λI is not positive definite;
 - :class:`WordNetUnavailable` (:mod:`hf_pairdots.augment.lexicon`): nltk's WordNet is missing;
 - :class:`HubUnavailable` (:mod:`hf_pairdots.hub`): the Hugging Face Hub cannot be reached;
-- :class:`IncompatibleRunError`: an output folder holds records made with other options.
+- :class:`IncompatibleRunError`: an output folder holds records made with other options;
+- :class:`TokenizationError` (:mod:`hf_pairdots.text`): the tokenizer's ids for a text's words
+  cannot be made equal to its ids for the raw text;
+- :class:`UnsupportedModelError` (:mod:`hf_pairdots.modeling`): the model's layout or head is one
+  this package cannot explain faithfully.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ __all__ = [
     "LissaDivergenceError",
     "PairDotsError",
     "SaliencyError",
+    "TokenizationError",
+    "UnsupportedModelError",
     "WordNetUnavailable",
 ]
 
@@ -73,3 +79,15 @@ class IncompatibleRunError(PairDotsError, RuntimeError):
     """An output folder already holds records made with other options, so appending to it would
     mix two runs; the message names the options that differ and says to choose another folder
     or rerun with the saved options."""
+
+
+class TokenizationError(PairDotsError, ValueError):
+    """Pre-split words give other token ids than the raw text and the tokenizer gives no offsets
+    to map the raw text's tokens to words; the message names the fix (a fast tokenizer, or
+    ``add_prefix_space=True``)."""
+
+
+class UnsupportedModelError(PairDotsError, ValueError):
+    """The model cannot be explained faithfully (an unknown head, a loss this package does not
+    differentiate, a parameter preset its layout lacks); the message names what is missing and
+    the alternative."""

@@ -31,6 +31,7 @@ Devices: the policy of ``docs/ARCHITECTURE.md`` ("Devices").
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,12 +44,15 @@ from .arguments import ExplainArguments
 from .augment.lexicon import Lexicon, ensure_wordnet
 from .augment.goals import EditGoal
 from .augment.search import search_edit
-from .cache import STestCache, cache_key, fingerprint_model, fingerprint_tensor, fingerprint_texts
+from .cache import (STestCache, cache_key, fingerprint_model, fingerprint_tensor, fingerprint_texts,
+                    fingerprint_tokenizer)
 from .distributed import broadcast_object, broadcast_tensor, is_main_process, sharded_train_influence
 from .influence import prepare_word_variants, word_influence
-from .loss import make_train_loss, prepare_data
+from .errors import UnsupportedModelError
+from .loss import make_train_loss, mean_gradient_norm, prepare_data
 from .measurement import SaliencyMeasurement, measurement_gradients
-from .modeling import autocast_disabled, find_embedding_block, first_position_only, predict_encoded
+from .modeling import (SINGLE_LABEL, autocast_disabled, find_embedding_block, first_position_only, eval_eager_mode,
+                       predict_encoded, prepare_model, problem_type)
 from .modeling import predict_proba  # noqa: F401  (its old home: the name stays importable from here)
 from .saliency import text_saliency
 from .solve import compute_s_test, lowrank_hessian, resolve_damping_scale
@@ -104,13 +108,25 @@ class SolvedRows:
     cached: list[bool]
 
 
+def _eval_eager(method):
+    """Run an Explainer method with its model in :func:`~hf_pairdots.modeling.eval_eager_mode`."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with eval_eager_mode(self.model):
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
 class Explainer:
     """Saliency + influence explanations against one training set.
 
     Args:
-        model: the trained classifier, float32, eval mode (see
-            :func:`hf_pairdots.modeling.influence_mode`), on any one device (its inputs,
-            cached features, Hessian products and s_test are put there).
+        model: the trained classifier, on any one device (its inputs, cached features, Hessian
+            products and s_test are put there). Prepared here: unwrapped (DDP, accelerate,
+            ``torch.compile``), float32 (a copy of fp16/bf16 weights, kept as :attr:`model`;
+            :func:`~hf_pairdots.modeling.prepare_model`), and in eval mode with eager attention
+            while construction, :meth:`explain` and :meth:`solve` run
+            (:func:`~hf_pairdots.modeling.eval_eager_mode`; its own modes back afterwards).
         tokenizer: its tokenizer.
         train_texts, train_labels: the training set (the Hessian and the candidates). Rows in
             which no word can be scored (empty or whitespace only, or every word deleted by the
@@ -132,7 +148,8 @@ class Explainer:
 
     Cache key of a measurement row (``args.solver.cache_dir`` set): ``cache_key("s_test",
     model fingerprint (θ_S, the rest of the network, config), training-set fingerprint (texts,
-    labels, order), the solver options with the *resolved* damping and scale, {params,
+    labels, order), tokenizer fingerprint (:func:`~hf_pairdots.cache.fingerprint_tokenizer`), the
+    solver options with the *resolved* damping and scale, {params,
     max_length, batch_size, objective, residual_examples}, sha256 of the row's ∇θ m)``. The
     training scores of that row are stored under ``cache_key("train_scores", row key)`` and, with
     LiSSA repeats, the per-repeat scores ``(R, n)`` under ``cache_key("train_scores_repeats", row
@@ -142,12 +159,17 @@ class Explainer:
     one machine and thread count), so identical setups share entries.
 
     Attributes:
+        train_gradient_norm: ||∇θ_S of the mean training loss|| at the model's weights
+            (:func:`~hf_pairdots.loss.mean_gradient_norm`): about 0 when the model was trained
+            to convergence on the loss differentiated.
         train_rows: the rows of ``train_texts`` that are scored, in order (the columns of
             :attr:`SolvedRows.scores` and of the prepared data).
         skipped_train_rows: ``[{"index": row, "reason": str}, ...]``, the rows left out.
 
     Raises:
         SaliencyError: the model has no embedding block, before any work.
+        UnsupportedModelError: a regression or multi-label model (``config.problem_type``), before
+            any work.
         ValueError: no training row can be scored, before any work.
         IndefiniteHessianError: a user-set ``damping`` leaves H + λI indefinite (a ``ValueError``;
             :func:`~hf_pairdots.ihvp.check_positive_definite`), before any query.
@@ -156,7 +178,17 @@ class Explainer:
     @autocast_disabled()
     def __init__(self, model: nn.Module, tokenizer, train_texts: Sequence[str], train_labels: Sequence[int],
                  args: ExplainArguments, label_names: Sequence[str] | None = None, show_progress: bool = False):
+        model = prepare_model(model)  # unwrapped, float32 (a copy of fp16/bf16 weights)
+        with eval_eager_mode(model):  # eval mode, eager attention; the model's own back afterwards
+            self._setup(model, tokenizer, train_texts, train_labels, args, label_names, show_progress)
+
+    def _setup(self, model, tokenizer, train_texts, train_labels, args, label_names, show_progress) -> None:
         find_embedding_block(model)  # SaliencyError now rather than after the training-side work
+        if problem_type(model) != SINGLE_LABEL:
+            raise UnsupportedModelError(
+                f"Explainer explains single-label classifiers (records name a predicted and a gold class); this model "
+                f"has problem_type={problem_type(model)!r}. Its training loss and saliency are supported by "
+                "hf_pairdots.loss.make_train_loss and hf_pairdots.saliency.saliency (sigmoid / predicted value)")
         self.model, self.tokenizer, self.args = model, tokenizer, args
         self.train_texts, self.train_labels = list(train_texts), [int(y) for y in train_labels]
         self.label_names = list(label_names or [model.config.id2label[i] for i in range(model.config.num_labels)])
@@ -178,6 +210,7 @@ class Explainer:
             ensure_wordnet()  # fail before any work
             self.lexicon = Lexicon()
         self.solver, self.eigenvalues = resolve_damping_scale(self.objective, self.data, args.solver)
+        self.train_gradient_norm = mean_gradient_norm(self.objective, self.data)  # about 0 at the optimum
         self.lowrank = lowrank_hessian(self.objective, self.data, self.solver) if self.solver.solver == "lowrank" else None
         # LiSSA repeats: keep each repeat's s_test for the top-k stability across repeats.
         self.repeats = self.solver.repeat if self.solver.solver == "lissa" and self.solver.repeat > 1 else 0
@@ -187,12 +220,14 @@ class Explainer:
             self._key_parts = (
                 fingerprint_model(model, self.objective.params),
                 fingerprint_texts(kept_texts, kept_labels),  # the scored rows: the score columns
+                fingerprint_tokenizer(tokenizer),  # the same texts through another tokenizer are other inputs
                 self.solver,  # resolved λ and σ; cache_key leaves out keep_repeats and cache_dir
                 {"params": args.params, "max_length": args.max_length, "batch_size": args.batch_size,
                  "objective": self.objective.key_name, "residual_examples": RESIDUAL_EXAMPLES},
             )
 
     @autocast_disabled()
+    @_eval_eager
     def explain(self, queries: Sequence[Query]) -> list[dict]:
         """Explanation records (schema in docs/ARCHITECTURE.md) for ``queries``, in order.
 
@@ -265,6 +300,7 @@ class Explainer:
         return probs
 
     @autocast_disabled()
+    @_eval_eager
     def solve(self, v: torch.Tensor) -> SolvedRows:
         """s_test and the Eq. 5 scores of every row of ``v`` (``(Q, P)``, rows ∇θ m), cache first.
 
@@ -387,8 +423,9 @@ class Explainer:
         saliency measures its negative (m = |s(x_t)|)."""
         out = []
         for query, group in itertools.groupby(rows, key=lambda row: row["query"]):
+            # the saliency's own mode: grad_x_input where "gradient" is degenerate (pre-LayerNorm models)
             measurements = [SaliencyMeasurement(
-                row["label"], row["salient_word"], self.args.saliency_mode, self.args.saliency_target,
+                row["label"], row["salient_word"], row["saliency"].mode, self.args.saliency_target,
                 -1.0 if self.args.salient_by == "magnitude" and row["saliency"].scores[row["salient_word"]] < 0 else 1.0)
                 for row in group]
             out.append(measurement_gradients(self.objective, encoded[query], measurements))

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from .arguments import SolverArguments
 from .loss import PreparedData, TrainLoss, loss_directional, tokenize
 from .measurement import loss_measurement_gradient
-from .modeling import model_device
+from .modeling import label_tensor, model_device
 from .solve import compute_s_test, resolve_damping_scale
 from .text import EncodedText
 
@@ -273,7 +273,7 @@ def example_influence(objective: TrainLoss, tokenizer, texts: Sequence[str], lab
 
 def _prepare_examples(objective: TrainLoss, tokenizer, texts, labels, max_length: int, inputs_embeds=None) -> dict:
     # No extra padding: these batches (a text and its variants) are about one length already.
-    batch = tokenize(tokenizer, texts, labels, max_length, None)
+    batch = tokenize(tokenizer, texts, label_tensor(objective.model, labels), max_length, None)
     if inputs_embeds is not None and inputs_embeds.shape[:2] != batch["input_ids"].shape:
         raise ValueError(f"inputs_embeds has shape {tuple(inputs_embeds.shape)}; the texts tokenise to "
                          f"{tuple(batch['input_ids'].shape)} (batch, length)")
@@ -307,7 +307,14 @@ from .constants import ERASERS  # noqa: E402  (the choice lists live in constant
 def erased_variants(tokenizer, text: str, eraser: str = "unk") -> list[str]:
     """The texts z̃(t, UNK) of Eq. 8: each whitespace word replaced by the tokenizer's UNK
     (``"unk"``) or mask (``"mask"``) token. Tokenizers without that token raise ``ValueError``
-    naming the alternatives; ``"zero"`` needs no token (see :func:`word_influence`)."""
+    naming the alternatives; ``"zero"`` needs no token (see :func:`word_influence`).
+
+    Byte-level BPE tokenizers have no UNK of their own: GPT-2's and Qwen2's ``unk_token`` is
+    ``"<|endoftext|>"``, also their EOS and (by the usual recipe) pad token, and Llama-family
+    classifiers often set pad to ``"<unk>"``. That token is then the eraser, by choice
+    (docs/architectures.md): a decoder classifier reads the last non-pad token, so erasing the
+    last word with it makes the model read the token before; ``eraser="zero"`` (the word's
+    embeddings set to zero) has no such effect."""
     token = {"unk": tokenizer.unk_token, "mask": tokenizer.mask_token}.get(eraser)
     if token is None:
         raise ValueError(f"eraser={eraser!r}: the tokenizer has no such token; use one of "

@@ -32,14 +32,36 @@ from torch import Tensor, nn
 from .autograd import ParameterSet, directional_derivatives, hvp, select_parameters
 from .features import CUTS, TopHead, compute_features, cut_features, supports_top_head
 from .measurement import saliency_measurement_gradient
-from .modeling import (INPUT_KEYS, check_labels, find_embedding_block, first_position_only, model_device, model_inputs,
-                       sequence_length, suspend_input_require_grads)
+from .modeling import (INPUT_KEYS, MULTI_LABEL, SINGLE_LABEL, check_labels, find_embedding_block, first_position_only,
+                       label_tensor, model_device, model_inputs, problem_type, sequence_length,
+                       suspend_input_require_grads)
 from .saliency import LINEAR_MODES, label_score, saliency_direction
 from .text import word_encoding
 
 
+def example_losses(logits: Tensor, labels: Tensor, kind: str = SINGLE_LABEL) -> Tensor:
+    """Per-example training loss ``(B,)`` of ``(B, K)`` logits, float32, as the
+    ``*ForSequenceClassification`` head of ``config.problem_type`` ``kind`` computes its mean:
+    cross-entropy against class ids (``"single_label_classification"``), binary cross-entropy
+    with logits averaged over the K labels against multi-hot ``(B, K)`` targets
+    (``"multi_label_classification"``), squared error against float targets (``"regression"``,
+    averaged over the K outputs; ``(B,)`` targets for K = 1). The mean over examples equals
+    the model's own ``outputs.loss``. ``labels`` may live anywhere (moved to ``logits``' device).
+    Label smoothing and class weights are not applied (the Trainer's ``label_smoothing_factor``
+    changes the loss it trains with: :class:`~hf_pairdots.callback.PairDotsCallback` warns)."""
+    logits = logits.float()
+    labels = labels.to(logits.device)
+    if kind == SINGLE_LABEL:
+        return F.cross_entropy(logits, labels, reduction="none")
+    target = labels.float().reshape(logits.shape)
+    if kind == MULTI_LABEL:
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(-1)
+    return (logits - target).square().mean(-1)
+
+
 class TrainLoss:
-    """The training loss L(z; θ_S) (cross-entropy, float32) as a function of the flat θ_S.
+    """The training loss L(z; θ_S) (:func:`example_losses` of the model's ``config.problem_type``:
+    cross-entropy, binary cross-entropy or squared error; float32) as a function of the flat θ_S.
 
     ``prepare(batch)`` turns a tokenised batch with ``labels`` (on any device) into what
     ``per_example_loss`` reads, on :attr:`device`. Two implementations:
@@ -61,6 +83,7 @@ class TrainLoss:
         self.params = params
         self.device = model_device(model)
         self.theta = params.flat()
+        self.problem_type = problem_type(model)
 
     def prepare(self, batch: dict) -> dict:
         raise NotImplementedError
@@ -115,7 +138,7 @@ class FullModelLoss(TrainLoss):
         with first_position_only(self.model):  # the last feed-forward block on position 0 only (BERT family)
             logits = torch.func.functional_call(self.model, self.params.unflatten(theta), args=(),
                                                 kwargs=model_inputs(batch, self.device), strict=False).logits
-        return F.cross_entropy(logits.float(), batch["labels"].to(logits.device), reduction="none")
+        return example_losses(logits, batch["labels"], self.problem_type)
 
 
 class CachedTopLoss(TrainLoss):
@@ -166,7 +189,7 @@ class CachedTopLoss(TrainLoss):
 
     def per_example_loss(self, theta: Tensor, batch: dict) -> Tensor:
         logits = self._logits(theta, batch["features"])
-        return F.cross_entropy(logits, batch["labels"].to(self.device), reduction="none")
+        return example_losses(logits, batch["labels"], self.problem_type)
 
     def _logits(self, theta: Tensor, features: Tensor) -> Tensor:
         named = {"model." + n: t for n, t in self.params.unflatten(theta).items()}
@@ -222,7 +245,8 @@ class CachedTopLoss(TrainLoss):
         y = torch.as_tensor(list(labels), device=self.device)
 
         def measurement(theta: Tensor, b: int) -> Tensor:
-            score = lambda x: label_score(self._logits(theta, x[None]), y[b:b + 1], target)[0]  # noqa: E731
+            score = lambda x: label_score(self._logits(theta, x[None]), y[b:b + 1], target,  # noqa: E731
+                                          self.problem_type)[0]
             return torch.func.grad(score)(h[b].detach()) @ u[b]
 
         return torch.stack([torch.func.grad(measurement)(self.theta, b) for b in range(k)])
@@ -328,6 +352,7 @@ PAD_MULTIPLE = 8
 def tokenize(tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int,
              pad_to_multiple_of: int | None = PAD_MULTIPLE, rows: Sequence[int] | None = None) -> dict:
     """Padded CPU tensors for a batch of texts, whitespace words kept one-to-one (``word_ids``);
+    ``labels``: a tensor kept as it is (float targets, multi-hot rows), else int64 class ids;
     :meth:`TrainLoss.prepare` moves them to the model's device. ``rows``: the caller's row index
     of each text, named in the ValueError of an empty text (see
     :func:`~hf_pairdots.text.encode_words`).
@@ -338,7 +363,7 @@ def tokenize(tokenizer, texts: Sequence[str], labels: Sequence[int], max_length:
     """
     enc, _ = word_encoding(tokenizer, texts, max_length, pad_to_multiple_of=pad_to_multiple_of, rows=rows)
     batch = dict(enc)
-    batch["labels"] = torch.as_tensor(list(labels), dtype=torch.long)
+    batch["labels"] = labels if isinstance(labels, Tensor) else torch.as_tensor(list(labels), dtype=torch.long)
     return batch
 
 
@@ -359,9 +384,10 @@ def prepare_data(objective: TrainLoss, tokenizer, texts: Sequence[str], labels: 
     """
     rows = list(range(len(texts))) if rows is None else list(rows)
     check_labels(objective.model, torch.as_tensor(list(labels)), rows)
+    labels = label_tensor(objective.model, labels)  # class ids, float targets or multi-hot rows
     order = sorted(range(len(texts)), key=lambda i: len(texts[i].split()))
     chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-    batches = [dict(tokenize(tokenizer, [texts[i] for i in idx], [labels[i] for i in idx], max_length,
+    batches = [dict(tokenize(tokenizer, [texts[i] for i in idx], labels[torch.as_tensor(idx)], max_length,
                              rows=[rows[i] for i in idx]), index=torch.as_tensor(idx)) for idx in chunks]
     return PreparedData(objective.prepare_many(batches), len(texts), rowwise=objective.rowwise)
 
@@ -403,3 +429,15 @@ def loss_directional(objective: TrainLoss, batch: dict, s_test: Tensor) -> Tenso
     forward-mode pass per row (vectorised for a vectorised loss); no per-example gradient is
     formed."""
     return _per_row(objective, directional_derivatives, lambda theta: objective.per_example_loss(theta, batch), s_test)
+
+
+def mean_gradient_norm(objective: TrainLoss, data: PreparedData) -> float:
+    """||∇θ (1/n) Σ_i L(z_i; θ)||₂ over θ_S at the current weights: about 0 at a trained
+    optimum of the loss differentiated (a large value says the model was trained with another
+    loss, label smoothing or class weights, or is far from converged, so H⁻¹ describes another
+    point). Cost: one backward pass over the prepared data (cached features: the head only)."""
+    total = torch.zeros_like(objective.theta)
+    for batch in data.batches:
+        weight = len(batch["labels"]) / data.size
+        total += weight * torch.func.grad(lambda theta: objective.mean_loss(theta, batch))(objective.theta)
+    return float(total.norm())

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .errors import SaliencyError
+from .errors import SaliencyError, UnsupportedModelError
 from .text import EncodedText, pad_encoded
 
 
@@ -32,15 +32,32 @@ PEFT_PREFIX = "base_model.model."
 """What a peft wrapper puts before the names of the wrapped model's parameters."""
 
 
+LAYER_LISTS = ("encoder.layer", "transformer.layer", "decoder.layers", "layers", "h")
+"""Where the layers of a base model are, first match wins: BERT family (``encoder.layer``),
+DistilBERT (``transformer.layer``), encoder-decoders (``decoder.layers``: BART's classification
+head reads the decoder), Llama / Qwen2 / Mistral / ModernBERT (``layers``), GPT-2 (``h``)."""
+
+FEED_FORWARD_BLOCKS = ("intermediate", "output", "ffn", "output_layer_norm", "mlp_norm", "mlp", "ln_2",
+                       "post_attention_layernorm", "fc1", "fc2", "final_layer_norm")
+"""Children of a layer that make its feed-forward block and its norm (the ``"top"`` preset):
+BERT family ``intermediate``/``output``, DistilBERT ``ffn``/``output_layer_norm``, ModernBERT
+``mlp_norm``/``mlp``, GPT-2 ``ln_2``/``mlp``, Llama family ``post_attention_layernorm``/``mlp``,
+BART ``fc1``/``fc2``/``final_layer_norm``."""
+
+FINAL_NORMS = ("ln_f", "norm", "final_norm")
+"""Norms of a base model between its last layer and the head (GPT-2, Llama family, ModernBERT)."""
+
+
 @dataclass(frozen=True, eq=False)
 class ModelLayout:
     """Where the parts of a sequence classifier are, found from the model by :meth:`of`.
 
-    The layout known is BERT's (BERT, RoBERTa, ELECTRA, MiniLM, ...): a base model
-    ``<base_model_prefix>`` holding ``embeddings``, ``encoder.layer`` and ``pooler``, and a
-    ``classifier`` beside it, optionally inside a peft wrapper. A part the model lacks is
-    ``None``. Pass the model after :func:`unwrap_model`: a DDP / accelerate wrapper is not looked
-    through (its parts are those of ``model.module``).
+    A base model ``inner.<base_model_prefix>`` holds the embeddings and the layers
+    (:data:`LAYER_LISTS`); the classification head is everything of ``inner`` outside the base
+    model (``classifier``, ``score``, ``classification_head``, ``pre_classifier``, DeBERTa's
+    ``pooler``, ModernBERT's ``head``) plus the base model's own ``pooler`` (BERT, ALBERT);
+    optionally inside a peft wrapper. A part the model lacks is ``None``. A DDP / accelerate /
+    ``torch.compile`` wrapper is not looked through: pass the model after :func:`unwrap_model`.
 
     Attributes:
         model: the model given (a peft model stays one).
@@ -49,9 +66,14 @@ class ModelLayout:
             ``model`` start with it), else ``""``.
         base_prefix: ``inner.base_model_prefix`` (``"bert"``); ``""`` when it has none.
         base: the base model ``inner.<base_prefix>`` (embeddings and encoder), or ``None``.
-        layers: the encoder layers ``base.encoder.layer``, or ``None``.
+        layers: the layers (``base.encoder.layer`` for BERT, :data:`LAYER_LISTS`), or ``None``
+            (ALBERT shares one layer group: no per-layer presets).
         pooler: ``base.pooler``, or ``None``.
-        classifier: ``inner.classifier``, or ``None``.
+        classifier: ``inner.classifier``, else ``inner.score`` / ``inner.classification_head``,
+            else ``None``: the last module of the head.
+        layers_name: the dotted name of ``layers`` in ``inner`` (``"bert.encoder.layer"``), or ``None``.
+        head_names: dotted names (in ``inner``) of the modules of the classification head, in
+            the model's order; only modules with parameters.
     """
 
     model: nn.Module
@@ -62,6 +84,8 @@ class ModelLayout:
     layers: nn.ModuleList | None
     pooler: nn.Module | None
     classifier: nn.Module | None
+    layers_name: str | None = None
+    head_names: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, model: nn.Module) -> ModelLayout:
@@ -70,23 +94,56 @@ class ModelLayout:
         is_peft = callable(get_base)
         inner = get_base() if is_peft else model
         base_prefix = getattr(inner, "base_model_prefix", "")
-        base = getattr(inner, base_prefix, None)
-        layers = getattr(getattr(base, "encoder", None), "layer", None)
-        return cls(model, inner, PEFT_PREFIX if is_peft else "", base_prefix, base, layers,
-                   getattr(base, "pooler", None), getattr(inner, "classifier", None))
+        base = getattr(inner, base_prefix, None) if base_prefix else None
+        if not isinstance(base, nn.Module):
+            base = None
+        layers_name = layers = None
+        for path in LAYER_LISTS if base is not None else ():
+            found = _get(base, path)
+            if isinstance(found, nn.ModuleList) and len(found):
+                layers_name, layers = f"{base_prefix}.{path}", found
+                break
+        pooler = getattr(base, "pooler", None)
+        pooler = pooler if isinstance(pooler, nn.Module) else None
+        head = [] if pooler is None else [f"{base_prefix}.pooler"]
+        if base is not None:  # a bare base model has no head
+            head += [name for name, child in inner.named_children()
+                     if child is not base and any(True for _ in child.parameters())]
+        classifier = next((getattr(inner, n) for n in ("classifier", "score", "classification_head")
+                           if isinstance(getattr(inner, n, None), nn.Module)), None)
+        return cls(model, inner, PEFT_PREFIX if is_peft else "", base_prefix, base, layers, pooler, classifier,
+                   layers_name, tuple(head))
 
     @property
     def last_layer(self) -> nn.Module | None:
-        """The last encoder layer, or ``None``."""
+        """The last layer, or ``None``."""
         return self.layers[-1] if self.layers else None
 
     @property
+    def feed_forward_names(self) -> tuple[str, ...]:
+        """Dotted names (in ``inner``) of the last layer's feed-forward block and its norm
+        (:data:`FEED_FORWARD_BLOCKS`), in the layer's order, and of the base model's final norm
+        (:data:`FINAL_NORMS`) if any; ``()`` when the last layer has no such block."""
+        last = self.last_layer
+        if last is None:
+            return ()
+        index = len(self.layers) - 1
+        blocks = [f"{self.layers_name}.{index}.{n}" for n, child in last.named_children()
+                  if n in FEED_FORWARD_BLOCKS and any(True for _ in child.parameters())]
+        if blocks:  # a final norm between the last layer and the head (GPT-2 ln_f, Llama norm) is part of the top
+            blocks += [f"{self.base_prefix}.{n}" for n in FINAL_NORMS
+                       if isinstance(getattr(self.base, n, None), nn.Module)]
+        return tuple(blocks)
+
+    @property
     def has_top_head(self) -> bool:
-        """Whether the model has what :class:`~hf_pairdots.features.TopHead` runs: a last encoder
-        layer with ``intermediate`` and ``output`` blocks, a pooler and an ``nn.Linear``
-        classifier."""
+        """Whether the model has what :class:`~hf_pairdots.features.TopHead` runs (the BERT
+        layout): a last encoder layer ``base.encoder.layer[-1]`` with ``intermediate`` and
+        ``output`` blocks, a pooler and an ``nn.Linear`` ``classifier``, and no other head module."""
         last = self.last_layer
         return (last is not None and self.pooler is not None and isinstance(self.classifier, nn.Linear)
+                and self.layers_name == f"{self.base_prefix}.encoder.layer"
+                and set(self.head_names) == {f"{self.base_prefix}.pooler", "classifier"}
                 and hasattr(last, "intermediate") and hasattr(last, "output"))
 
     def embedding_block(self, module_name: str | None = None) -> nn.Module:
@@ -94,11 +151,10 @@ class ModelLayout:
         :func:`find_embedding_block`."""
         if module_name is not None:
             return self.model.get_submodule(module_name)
-        block = getattr(self.inner if self.base is None else self.base, "embeddings", None)
-        if isinstance(block, nn.Module):
-            return block
-        getter = getattr(self.model, "get_input_embeddings", None)
-        found = getter() if callable(getter) else None
+        found = self._called_embedding()
+        if found is None:
+            getter = getattr(self.model, "get_input_embeddings", None)
+            found = getter() if callable(getter) else None
         if found is None:
             found = next((m for m in self.model.modules() if isinstance(m, nn.Embedding)), None)
         if found is None:
@@ -109,13 +165,35 @@ class ModelLayout:
             )
         return found
 
+    def _called_embedding(self) -> nn.Module | None:
+        base = self.inner if self.base is None else self.base
+        for path in ("embeddings", "encoder.layernorm_embedding", "embed_tokens"):
+            found = _get(base, path)
+            if isinstance(found, nn.Module):
+                return found
+        if isinstance(getattr(base, "wte", None), nn.Module) and isinstance(getattr(base, "drop", None), nn.Module):
+            return base.drop  # GPT-2: token + position embeddings, then dropout: the first block's input
+        return None
+
+
+def _get(module: nn.Module | None, path: str):
+    for part in path.split("."):
+        module = getattr(module, part, None)
+    return module
+
 
 def find_embedding_block(model: nn.Module, module_name: str | None = None) -> nn.Module:
-    """The module whose output is the encoder's input (where e_t of Sec. 3.1 lives).
+    """The module whose output is the encoder's input (where e_t of Sec. 3.1 lives), one that the
+    model's forward really calls.
 
     Looks for, in order: ``module_name`` (a dotted name) if given; ``<base model>.embeddings``
-    (BERT, RoBERTa, ELECTRA, DistilBERT, ...; :class:`ModelLayout`); ``model.get_input_embeddings()``;
-    the first ``nn.Embedding``.
+    (BERT, RoBERTa, ELECTRA, DistilBERT, DeBERTa, MPNet, ModernBERT, ...; :class:`ModelLayout`);
+    ``<base model>.encoder.layernorm_embedding`` (BART: its encoder and decoder call their own
+    ``embed_tokens``, never the shared one ``get_input_embeddings()`` returns; the encoder's
+    input is the output of this LayerNorm, and the decoder's view of the tokens is held fixed);
+    ``<base model>.embed_tokens`` (Llama, Qwen2, Mistral: no position embedding is added);
+    ``<base model>.drop`` when there is a ``wte`` (GPT-2: token plus position embeddings);
+    ``model.get_input_embeddings()``; the first ``nn.Embedding``.
 
     Raises:
         SaliencyError: none of these exists.
@@ -124,10 +202,16 @@ def find_embedding_block(model: nn.Module, module_name: str | None = None) -> nn
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """Strip DDP / DataParallel / accelerate wrappers (``.module``); peft models stay peft models."""
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module
-    return model
+    """Strip DDP / DataParallel / accelerate wrappers (``.module``) and ``torch.compile``'s
+    (``._orig_mod``, whose parameter names start with ``_orig_mod.``): the module whose parameter
+    names the presets know. peft models stay peft models. The tensors are the same."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        else:
+            return model
 
 
 @contextlib.contextmanager
@@ -146,6 +230,26 @@ def eval_mode(model: nn.Module):
             module.training = training
 
 
+def float32_model(model: nn.Module, *, keep_float64: bool = False) -> nn.Module:
+    """``model`` itself when every floating parameter is float32 (or, with ``keep_float64``,
+    float64), else a float32 deep copy (fp16/bf16 weights: the user's model is never changed).
+    Cost: none, or one copy of the weights."""
+    allowed = (torch.float32, torch.float64) if keep_float64 else (torch.float32,)
+    if any(p.is_floating_point() and p.dtype not in allowed for p in model.parameters()):
+        return copy.deepcopy(model).float()
+    return model
+
+
+def prepare_model(model: nn.Module) -> nn.Module:
+    """The model that :func:`~hf_pairdots.saliency.saliency` and the
+    :class:`~hf_pairdots.explain.Explainer` run on: unwrapped (DDP, accelerate, ``torch.compile``;
+    :func:`unwrap_model`) and at least float32 (:func:`float32_model`: a float32 copy of
+    fp16/bf16 weights; float64 weights, a caller's explicit choice of more precision, are kept).
+    Eval mode and eager attention are set per call by :func:`eval_eager_mode`, which gives the
+    model its own back afterwards."""
+    return float32_model(unwrap_model(model), keep_float64=True)
+
+
 @contextlib.contextmanager
 def influence_mode(model: nn.Module):
     """Float32, eval mode, eager attention, unwrapped; restores the model's mode afterwards.
@@ -157,18 +261,26 @@ def influence_mode(model: nn.Module):
     checkpointing are suspended (:func:`suspend_input_require_grads`).
     Yields the model.
     """
-    model = unwrap_model(model)
-    if any(p.dtype != torch.float32 for p in model.parameters()):
-        model = copy.deepcopy(model).float()
+    model = float32_model(unwrap_model(model))
+    with eval_eager_mode(model):
+        yield model
+
+
+@contextlib.contextmanager
+def eval_eager_mode(model: nn.Module):
+    """Eval mode and eager attention (SDPA / flash attention have no double backward, case C06),
+    input-embedding hooks suspended, autocast left, for the block; the model's attention
+    implementation and modes come back afterwards. Yields the model."""
     config = getattr(model, "config", None)
     old_attn = getattr(config, "_attn_implementation", None)
-    if old_attn not in (None, "eager") and hasattr(model, "set_attn_implementation"):
+    switch = old_attn not in (None, "eager") and hasattr(model, "set_attn_implementation")
+    if switch:
         model.set_attn_implementation("eager")  # SDPA/flash have no double backward
     try:
         with eval_mode(model), suspend_input_require_grads(model), autocast_disabled():
             yield model
     finally:
-        if old_attn not in (None, "eager") and hasattr(model, "set_attn_implementation"):
+        if switch:
             model.set_attn_implementation(old_attn)
 
 
@@ -285,19 +397,86 @@ def sequence_length(inputs: dict) -> int:
     return inputs[key].shape[1]
 
 
-def check_labels(model: nn.Module, labels: Tensor, rows: Sequence[int] | None = None) -> None:
-    """Refuse labels outside the model's ``0..num_labels - 1`` before any pass runs.
+SINGLE_LABEL, MULTI_LABEL, REGRESSION = "single_label_classification", "multi_label_classification", "regression"
+PROBLEM_TYPES = (SINGLE_LABEL, MULTI_LABEL, REGRESSION)
+"""The values of ``config.problem_type`` a ``*ForSequenceClassification`` head trains with."""
+
+
+def problem_type(model: nn.Module) -> str:
+    """The model's training problem, as its own loss decides it: ``config.problem_type`` when
+    set, else ``"regression"`` for ``num_labels == 1`` and ``"single_label_classification"``
+    otherwise (transformers' rule for integer labels; a multi-label model must set
+    ``problem_type="multi_label_classification"``).
 
     Raises:
-        ValueError: naming the labels outside the model's, and with ``rows`` (the caller's row
-            index of each label) their rows.
+        UnsupportedModelError: a ``problem_type`` outside :data:`PROBLEM_TYPES`.
+    """
+    config = getattr(unwrap_model(model), "config", None)
+    kind = getattr(config, "problem_type", None)
+    if kind is None:
+        return REGRESSION if getattr(config, "num_labels", 2) == 1 else SINGLE_LABEL
+    if kind not in PROBLEM_TYPES:
+        raise UnsupportedModelError(f"config.problem_type={kind!r} is not one of {PROBLEM_TYPES}: the training loss "
+                                    "is unknown, so influence cannot be taken")
+    return kind
+
+
+def label_tensor(model: nn.Module, labels) -> Tensor:
+    """The labels as the model's loss reads them: ``(N,)`` int64 class ids (single-label),
+    ``(N,)`` float32 targets (regression with one output, else ``(N, num_labels)``) or ``(N,
+    num_labels)`` float32 multi-hot rows (multi-label)."""
+    kind = problem_type(model)
+    dtype = torch.long if kind == SINGLE_LABEL else torch.float32
+    return torch.as_tensor(labels if isinstance(labels, Tensor) else list(labels), dtype=dtype)
+
+
+def check_outputs(model: nn.Module, labels: Tensor) -> None:
+    """Refuse output indices y (the label whose score saliency explains) outside
+    ``0..num_labels - 1``, for every problem type.
+
+    Raises:
+        ValueError: naming the indices outside the model's outputs.
     """
     k = model.config.num_labels
-    bad = [i for i, v in enumerate(labels) if not 0 <= int(v) < k]
+    bad = [int(v) for v in torch.as_tensor(labels).reshape(-1) if not 0 <= int(v) < k]
+    if bad:
+        raise ValueError(f"labels {bad} are outside the model's {k} labels (0..{k - 1})")
+
+
+def check_labels(model: nn.Module, labels: Tensor, rows: Sequence[int] | None = None) -> None:
+    """Refuse labels the model's loss cannot take before any pass runs: single-label classes
+    outside ``0..num_labels - 1`` (or not integers), regression targets that are not finite
+    numbers of the output's shape, multi-label rows that are not ``num_labels`` values in [0, 1].
+
+    Raises:
+        ValueError: naming the bad labels, and with ``rows`` (the caller's row index of each
+            label) their rows.
+    """
+    k = model.config.num_labels
+    kind = problem_type(model)
+    labels = torch.as_tensor(labels)
+    if kind == SINGLE_LABEL:
+        if labels.dim() != 1 or labels.is_floating_point() and not bool((labels == labels.round()).all()):
+            raise ValueError(f"labels of shape {tuple(labels.shape)} and dtype {labels.dtype}: a single-label "
+                             f"classifier takes one class id per example (0..{k - 1})")
+        bad = [i for i, v in enumerate(labels) if not 0 <= int(v) < k]
+        what = f"are outside the model's {k} labels (0..{k - 1})"
+    else:
+        values = labels.float()
+        shape = (len(values),) if kind == REGRESSION and k == 1 else (len(values), k)
+        if values.reshape(len(values), -1).shape != (len(values), k) or values.dim() > 2:
+            raise ValueError(f"labels of shape {tuple(labels.shape)}: problem_type={kind!r} with {k} outputs takes "
+                             f"targets of shape {shape}")
+        rows_ = values.reshape(len(values), -1)
+        ok = torch.isfinite(rows_).all(1) if kind == REGRESSION else ((rows_ >= 0) & (rows_ <= 1)).all(1)
+        bad = [i for i in range(len(values)) if not bool(ok[i])]
+        labels = rows_ if k > 1 else rows_[:, 0]
+        what = "are not finite" if kind == REGRESSION else "are not multi-hot rows of values in [0, 1]"
     if bad:
         where = "" if rows is None else f" of rows {[rows[i] for i in bad]}"
-        raise ValueError(f"labels {[int(labels[i]) for i in bad]}{where} are outside the model's {k} labels "
-                         f"(0..{k - 1})")
+        shown = [labels[i].tolist() if labels.dim() > 1 else (int(labels[i]) if kind == SINGLE_LABEL
+                                                              else float(labels[i])) for i in bad]
+        raise ValueError(f"labels {shown}{where} {what}")
 
 
 @torch.no_grad()

@@ -23,14 +23,17 @@ Devices: the policy of ``docs/ARCHITECTURE.md`` ("Devices").
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .modeling import (autocast_disabled, check_labels, find_embedding_block, model_device, model_inputs,
-                       sequence_length, suspend_input_require_grads)
+from .modeling import (MULTI_LABEL, REGRESSION, SINGLE_LABEL, autocast_disabled, check_outputs, find_embedding_block,
+                       eval_eager_mode, model_device, model_inputs, prepare_model, problem_type, sequence_length,
+                       suspend_input_require_grads)
 from .text import EncodedText, encode_words
 
 # Aliases: this plumbing moved to modeling.py (model preparation and layout) and text.py (words
@@ -64,11 +67,28 @@ class _Perturbation:
         return output if self.delta is None else output + self.delta
 
 
-def label_score(logits: Tensor, labels: Tensor, target: str = "prob") -> Tensor:
-    """S_y per example, shape ``(B,)`` on ``logits``' device: probability (paper),
-    log-probability, or logit margin. ``labels`` may live anywhere (moved to ``logits``' device)."""
+def label_score(logits: Tensor, labels: Tensor, target: str = "prob", problem: str = SINGLE_LABEL) -> Tensor:
+    """S_y per example, shape ``(B,)`` on ``logits``' device. ``labels`` ``(B,)``: the label y
+    (an output index) per example, on any device (moved to ``logits``' device).
+
+    ``problem`` (the model's ``config.problem_type``, :func:`~hf_pairdots.modeling.problem_type`):
+
+    * ``"single_label_classification"``: the softmax probability of y (paper), its log, or the
+      logit margin of y over the best other label;
+    * ``"multi_label_classification"``: the labels are independent, so the sigmoid probability
+      of y, its log (``logsigmoid``), or the logit of y itself (the margin over "not y");
+    * ``"regression"``: the predicted value of output y, for every ``target`` (a softmax over a
+      regression output has no meaning).
+    """
     logits = logits.float()
-    labels = labels.to(logits.device)
+    labels = labels.to(logits.device).long()
+    if target not in TARGETS:
+        raise ValueError(f"target={target!r}: use one of {TARGETS}")
+    own = logits.gather(1, labels[:, None])[:, 0]
+    if problem == REGRESSION:
+        return own
+    if problem == MULTI_LABEL:
+        return {"prob": torch.sigmoid, "logprob": F.logsigmoid, "margin": lambda x: x}[target](own)
     if target == "prob":
         return logits.softmax(-1).gather(1, labels[:, None])[:, 0]
     if target == "logprob":
@@ -103,11 +123,12 @@ def embedding_gradient(model: nn.Module, batch: dict, labels: Tensor, *, target:
     device = model_device(model)
     inputs = model_inputs(batch, device)
     labels = labels.to(device)
+    problem = problem_type(model)
 
     def total_score(delta):
         perturb.delta = delta
         logits = torch.func.functional_call(model, params or {}, args=(), kwargs=inputs, strict=False).logits
-        scores = label_score(logits, labels, target)
+        scores = label_score(logits, labels, target, problem)
         return scores.sum(), (scores, perturb.embeddings)
 
     with _Perturbation(block) as perturb, suspend_input_require_grads(model):
@@ -154,6 +175,29 @@ LINEAR_MODES = ("gradient", "grad_x_input")
 """The reductions that are linear in ∂S_y/∂e (:func:`saliency_direction`)."""
 
 
+DEGENERATE_RATIO = 1e-4
+""":func:`degenerate_gradient_sum`'s threshold on |Σ_j g_t,j| / ||g_t||₂ (about 1 for a generic
+gradient, about 1e-7·√H for one that sums to zero up to float32 round-off)."""
+
+
+def degenerate_gradient_sum(grad: Tensor, attention_mask: Tensor | None = None) -> bool:
+    """Whether Σ_j ∂S_y/∂e_t,j (``mode="gradient"``) is zero up to round-off for every token of a
+    batch: max_t |Σ_j g_t,j| < :data:`DEGENERATE_RATIO` · max_t ||g_t||₂ over the real tokens
+    (``attention_mask`` ``(B, L)``, on any device; all tokens without it). ``grad``: ``(B, L, H)``.
+
+    This is structural, not a property of the text: when every module reading e (the first
+    layer's norm and, through the residual stream, every later one and the final one) is a
+    LayerNorm, as in pre-LayerNorm models (GPT-2), the gradient at e is orthogonal to the all-ones
+    direction, because a LayerNorm ignores a constant added to all dimensions. A batch whose
+    gradient is exactly zero (saturated S_y) is not degenerate in this sense (``False``)."""
+    sums, norms = grad.sum(-1).abs(), grad.norm(dim=-1)
+    if attention_mask is not None:  # padding counts as 0 (masks, not boolean indexing: no data-dependent shape)
+        keep = attention_mask.to(grad.device, grad.dtype)
+        sums, norms = sums * keep, norms * keep
+    largest = float(norms.max()) if norms.numel() else 0.0
+    return largest > 0 and float(sums.max()) < DEGENERATE_RATIO * largest
+
+
 def word_scores(token_scores: Sequence[float], word_ids: Sequence[int | None], num_words: int) -> list[float | None]:
     """Sum word-piece scores into whitespace words.
 
@@ -183,12 +227,16 @@ class WordSaliency:
         scores: one score per word (``None`` = not scored: past the maximum length, or no token).
         label: the label y.
         probability: S_y as a probability, reported next to every saliency.
+        mode: the reduction used (:func:`token_saliency`): the one asked for, or
+            ``"grad_x_input"`` when ``"gradient"`` was degenerate (:func:`degenerate_gradient_sum`);
+            a measurement of Eq. 5 must use the same.
     """
 
     words: list[str]
     scores: list[float | None]
     label: int
     probability: float
+    mode: str = "gradient"
 
     @property
     def most_salient(self) -> int:
@@ -221,19 +269,32 @@ def saliency(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence
     """Word saliency of each text for its label (Sec. 3.1).
 
     Args:
-        model: classifier in eval mode, float32 (the passes run in float32 even inside a caller's
-            ``torch.autocast`` region: :func:`~hf_pairdots.modeling.autocast_disabled`).
+        model: the classifier, prepared here (:func:`~hf_pairdots.modeling.prepare_model`):
+            unwrapped (DDP, accelerate, ``torch.compile``), a float32 copy of fp16/bf16 weights,
+            eval mode and eager attention during the call (the model's own afterwards), float32
+            even inside a caller's ``torch.autocast`` region.
         tokenizer: its tokenizer.
         texts: the texts; whitespace defines the words.
-        labels: the label y to explain for each text.
-        mode, target: see :func:`token_saliency` and :func:`label_score`.
+        labels: the label y to explain for each text (an output index: for a regression model 0,
+            or the output to explain).
+        mode, target: see :func:`token_saliency` and :func:`label_score` (which follows the
+            model's ``config.problem_type``: softmax, sigmoid or the predicted value).
         max_length: truncation length in tokens (default: the model's maximum).
 
     Returns:
         One :class:`WordSaliency` per text (Python floats). The passes run on the model's device.
+        With ``mode="gradient"`` on a model whose summed embedding gradient is identically zero
+        (pre-LayerNorm, GPT-2: :func:`degenerate_gradient_sum`), a ``UserWarning`` and the scores
+        of ``mode="grad_x_input"`` (recorded in :attr:`WordSaliency.mode`).
         Cost: one forward and one backward pass per batch (plus one forward pass for the
         probabilities when ``target`` is not ``"prob"``).
     """
+    model = prepare_model(model)
+    with eval_eager_mode(model):
+        return _saliency(model, tokenizer, texts, labels, mode, target, max_length)
+
+
+def _saliency(model, tokenizer, texts, labels, mode, target, max_length) -> list[WordSaliency]:
     if max_length is None:  # the model's maximum, which may be below the tokenizer's
         positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         max_length = min(tokenizer.model_max_length, 512, positions or 512)
@@ -246,7 +307,9 @@ def saliency(model: nn.Module, tokenizer, texts: Sequence[str], labels: Sequence
 def text_saliency(model: nn.Module, encoded: EncodedText, labels: Sequence[int], *, mode: str = "gradient",
                   target: str = "prob") -> list[WordSaliency]:
     """Word saliency of one already tokenised text for each of ``labels`` (Sec. 3.1): what
-    :func:`saliency` gives for ``[encoded.text] * len(labels)``, without tokenising again.
+    :func:`saliency` gives for ``[encoded.text] * len(labels)``, without tokenising again. The
+    model must be prepared already (float32, eval mode, eager attention, unwrapped: as the
+    :class:`~hf_pairdots.explain.Explainer` holds it); :func:`saliency` prepares it itself.
 
     Cost: one forward and one backward pass over ``len(labels)`` copies of the text (plus one
     forward pass for the probabilities when ``target`` is not ``"prob"``).
@@ -258,11 +321,20 @@ def text_saliency(model: nn.Module, encoded: EncodedText, labels: Sequence[int],
 
 def _word_saliencies(model, batch: dict, word_ids, words, labels, mode: str, target: str) -> list[WordSaliency]:
     y = torch.as_tensor(list(labels))
-    check_labels(model, y)
+    check_outputs(model, y)
     grad, emb, scores = embedding_gradient(model, batch, y, target=target)
+    if mode == "gradient" and degenerate_gradient_sum(grad, batch.get("attention_mask")):
+        warnings.warn(f"{type(model).__name__}: the summed gradient Σ_j ∂S_y/∂e_t,j at the embedding block's output is "
+                      "identically zero (every reader of it is a LayerNorm, as in pre-LayerNorm models such as "
+                      "GPT-2), so saliency mode='gradient' would rank round-off; using mode='grad_x_input' "
+                      "(Σ_j e_t,j ∂S_y/∂e_t,j) instead. Pass mode='grad_x_input' or 'l2' to silence this.",
+                      UserWarning, stacklevel=3)
+        mode = "grad_x_input"
     per_token = token_saliency(grad, emb, mode).detach().cpu()
-    probs = scores.detach().cpu() if target == "prob" else label_score(_logits_no_grad(model, batch), y, "prob").cpu()
-    return [WordSaliency(list(w), word_scores(per_token[i].tolist(), word_ids[i], len(w)), int(y[i]), float(probs[i]))
+    probs = (scores.detach().cpu() if target == "prob"
+             else label_score(_logits_no_grad(model, batch), y, "prob", problem_type(model)).cpu())
+    return [WordSaliency(list(w), word_scores(per_token[i].tolist(), word_ids[i], len(w)), int(y[i]), float(probs[i]),
+                         mode)
             for i, w in enumerate(words)]
 
 

@@ -1,8 +1,15 @@
 """Whitespace words and their tokenisation: which words of a text the model sees.
 
-The whitespace word is the unit of saliency (Sec. 3.1) and of Eq. 8. Texts are tokenised as
-pre-split words (``is_split_into_words=True``), so the tokenizer's ``word_ids`` map every word
-piece back to its word; special tokens ([CLS], [SEP], padding) map to no word. Which words are
+The whitespace word is the unit of saliency (Sec. 3.1) and of Eq. 8. The token ids are always
+those of the plain encoding of the text, ``tokenizer(text)``, the ids a model fine-tuned on raw
+text was trained on (:func:`word_encoding`). Texts are first tokenised as pre-split words
+(``is_split_into_words=True``), so the tokenizer's ``word_ids`` map every word piece back to its
+word; when that gives other ids than the plain encoding (byte-level BPE tokenizers, RoBERTa,
+GPT-2, BART, Qwen2, loaded with ``add_prefix_space=False``, drop the space marker of pre-split
+words: ``'Ġfrom'`` becomes ``'f', 'rom'``; sentencepiece BPE adds one to every word), the plain
+encoding is used and each token's word is read from its character offsets (:class:`WordEncoding`);
+a slow tokenizer, which has no offsets, is refused then (:class:`TokenizationError`). Special
+tokens ([CLS], [SEP], padding) and whitespace-only tokens map to no word. Which words are
 scored always comes from the encoding's word ids (:func:`scored_words`): a word past
 ``max_length`` has no token, and neither has a word that the tokenizer's normaliser deletes (a
 zero-width space, a lone combining accent), which is not counted as truncated
@@ -14,10 +21,13 @@ Devices: the policy of ``docs/ARCHITECTURE.md`` ("Devices").
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 
 import torch
-from transformers import BatchEncoding
+from transformers import BatchEncoding, PreTrainedTokenizerBase
+
+from .errors import TokenizationError
 
 
 EMPTY_TEXT = "empty or whitespace-only text"
@@ -48,6 +58,8 @@ def encode_words(tokenizer, texts: Sequence[str], max_length: int | None = None,
 
     Raises:
         ValueError: a text is empty or whitespace only (naming its row).
+        TokenizationError: pre-split words give other ids than the raw text and the tokenizer is a
+            slow one, without offsets (a ``ValueError``; the message names the fix).
     """
     enc, words = word_encoding(tokenizer, texts, max_length, pad_to_multiple_of, rows)
     return enc, words, truncated_words(tokenizer, words, [enc.word_ids(i) for i in range(len(words))])
@@ -57,7 +69,14 @@ def word_encoding(tokenizer, texts: Sequence[str], max_length: int | None = None
                   pad_to_multiple_of: int | None = None, rows: Sequence[int] | None = None, padding: bool = True):
     """``(encoding, words)`` of :func:`encode_words` (same arguments and errors), without the
     truncation count: for callers that only feed the encoding to the model. ``padding=False``:
-    lists of ids per text instead of a padded tensor batch."""
+    lists of ids per text instead of a padded tensor batch.
+
+    The encoding's ids are those of ``tokenizer(texts)`` (padded, truncated): the pre-split
+    encoding when its ids are the same (WordPiece, unigram), else the plain encoding as a
+    :class:`WordEncoding` (byte-level BPE with ``add_prefix_space=False``, sentencepiece BPE).
+    Cost: two tokenisations of the texts (pre-split and plain, compared as lists). A tokenizer
+    that is no ``transformers`` tokenizer (a word-level stand-in) is called on the pre-split
+    words only, and its word ids are taken as it gives them."""
     words = [t.split() for t in texts]
     for i, w in enumerate(words):
         if not w:
@@ -67,9 +86,73 @@ def word_encoding(tokenizer, texts: Sequence[str], max_length: int | None = None
     if pad_to_multiple_of is not None and max_length % pad_to_multiple_of:
         pad_to_multiple_of = None
     extra = {} if pad_to_multiple_of is None else {"pad_to_multiple_of": pad_to_multiple_of}
-    enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
-                    padding=padding, return_tensors="pt" if padding else None, **extra)
-    return enc, words
+    common = dict(truncation=True, max_length=max_length, padding=padding, **extra)
+    tensors = "pt" if padding else None
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):  # a duck-typed word tokenizer: its word ids as given
+        return tokenizer(words, is_split_into_words=True, return_tensors=tensors, **common), words
+    enc = tokenizer(words, is_split_into_words=True, **common)  # Python lists: compared before any tensor exists
+    fast = bool(getattr(tokenizer, "is_fast", False))
+    plain = tokenizer(list(texts), **({"return_offsets_mapping": True} if fast else {}), **common)
+    offsets = plain.pop("offset_mapping", None)
+    if enc["input_ids"] == plain["input_ids"]:
+        return enc.convert_to_tensors(tensors), words
+    if offsets is None:
+        raise TokenizationError(
+            f"{type(tokenizer).__name__} gives other token ids for pre-split words than for the raw text (a "
+            "byte-level BPE tokenizer loaded with add_prefix_space=False drops the space marker: 'Ġfrom' becomes "
+            "'f', 'rom'), and being a slow tokenizer it has no character offsets to map the raw text's tokens "
+            "to words. Load the fast tokenizer (AutoTokenizer.from_pretrained(..., use_fast=True)), or reload it "
+            "with add_prefix_space=True and fine-tune on that tokenisation")
+    special = set(tokenizer.all_special_ids)
+    ids = [_offset_word_ids(t, o, row, special) for t, o, row in zip(texts, offsets, plain["input_ids"])]
+    return WordEncoding(dict(plain), ids).convert_to_tensors(tensors), words
+
+
+class WordEncoding(BatchEncoding):
+    """The plain encoding of texts (``tokenizer(texts)``: a ``BatchEncoding`` of ``(B, L)``
+    tensors) whose :meth:`word_ids` are read from the tokens' character offsets: token p of text
+    i belongs to the whitespace word holding the first non-whitespace character of its span, and
+    to no word when it is a special token, padding, empty or whitespace only (a lone ``'Ġ'`` of
+    a double space). A token spanning two words belongs to the first (whitespace pre-tokenisers
+    never make one). Built by :func:`word_encoding`."""
+
+    def __init__(self, data: dict, word_ids: Sequence[Sequence[int | None]]):
+        super().__init__(data)
+        self._word_id_lists = [list(w) for w in word_ids]
+
+    def word_ids(self, batch_index: int = 0) -> list[int | None]:
+        """``(L,)`` word index of each token of text ``batch_index`` (``None``: no word)."""
+        return list(self._word_id_lists[batch_index])
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """``[(start, end), ...]`` character spans of the whitespace words of ``text``, in order:
+    ``text[start:end]`` is ``text.split()[k]`` exactly."""
+    spans, start = [], None
+    for i, ch in enumerate(text):
+        if ch.isspace():
+            if start is not None:
+                spans.append((start, i))
+                start = None
+        elif start is None:
+            start = i
+    if start is not None:
+        spans.append((start, len(text)))
+    return spans
+
+
+def _offset_word_ids(text: str, offsets: Sequence[Sequence[int]], ids: Sequence[int], special: set[int]):
+    spans = word_spans(text)
+    starts = [s for s, _ in spans]
+    out: list[int | None] = []
+    for (s, e), token in zip(offsets, ids):
+        first = next((c for c in range(s, e) if not text[c].isspace()), None)
+        if token in special or first is None:
+            out.append(None)
+            continue
+        k = bisect.bisect_right(starts, first) - 1
+        out.append(k if k >= 0 and first < spans[k][1] else None)
+    return out
 
 
 def scored_words(encoding, i: int = 0) -> list[int]:
@@ -140,11 +223,12 @@ class EncodedText:
     Attributes:
         text: the text.
         words: its whitespace words (``text.split()``).
-        encoding: the ``BatchEncoding`` of the text alone, ``(1, L)`` CPU tensors, no padding.
+        encoding: the model inputs of the text alone, ``{name: (1, L) CPU tensor}``, no padding:
+            the ids of ``tokenizer(text)`` (:func:`word_encoding`).
         word_ids: per token position, the index of its word (``None``: a special token).
         scored: sorted indices of the words that have a token (:func:`scored_words`).
 
-    Build with :meth:`encode` (one tokenisation). :attr:`truncated` (the words lost to
+    Build with :meth:`encode` (one encoding: :func:`word_encoding`). :attr:`truncated` (the words lost to
     truncation) costs one more tokenisation of the words after the last scored one, the first
     time it is read, and none for a text that fits.
 
@@ -152,31 +236,27 @@ class EncodedText:
         ValueError: the text is empty or whitespace only (naming ``row``).
     """
 
-    def __init__(self, tokenizer, text: str, encoding, words: list[str]):
+    def __init__(self, tokenizer, text: str, encoding: dict, word_ids: Sequence[int | None], words: list[str]):
         self.tokenizer, self.text, self.encoding, self.words = tokenizer, text, encoding, words
-        self.word_ids: list[int | None] = encoding.word_ids(0)
+        self.word_ids: list[int | None] = list(word_ids)
         self.scored: list[int] = _words_of(self.word_ids)
         self._truncated: int | None = None
 
     @classmethod
     def encode(cls, tokenizer, text: str, max_length: int | None = None, row: int | None = None) -> EncodedText:
         """Tokenise ``text`` as :func:`word_encoding` does (truncation to ``max_length``, default
-        the tokenizer's maximum capped at 512). Cost: one tokenisation."""
+        the tokenizer's maximum capped at 512). Cost: one :func:`word_encoding`."""
         enc, [words] = word_encoding(tokenizer, [text], max_length, rows=None if row is None else [row])
-        return cls(tokenizer, text, enc, words)
+        return cls(tokenizer, text, dict(enc), enc.word_ids(0), words)
 
     @classmethod
     def encode_many(cls, tokenizer, texts: Sequence[str], max_length: int | None = None,
                     rows: Sequence[int] | None = None) -> list[EncodedText]:
-        """:meth:`encode` of every text, in one tokenizer call (no padding): each object holds the
-        same ids as the text tokenised alone. Same errors as :meth:`encode`."""
+        """:meth:`encode` of every text, in one :func:`word_encoding` call (no padding): each object
+        holds the same ids as the text encoded alone. Same errors as :meth:`encode`."""
         enc, words = word_encoding(tokenizer, texts, max_length, rows=rows, padding=False)
-        out = []
-        for i, w in enumerate(words):
-            row = BatchEncoding({key: torch.tensor([values[i]]) for key, values in enc.items()},
-                                encoding=[enc.encodings[i]] if enc.encodings else None)
-            out.append(cls(tokenizer, texts[i], row, w))
-        return out
+        return [cls(tokenizer, texts[i], {key: torch.tensor([values[i]]) for key, values in enc.items()},
+                    enc.word_ids(i), w) for i, w in enumerate(words)]
 
     @property
     def truncated(self) -> int:

@@ -24,10 +24,12 @@ from .metrics import load_accuracy
 
 
 def tokenize_dataset(dataset, tokenizer, max_length: int = 128):
-    """``text``/``label`` rows -> model inputs + ``labels`` (no padding: the collator pads)."""
+    """``text``/``label`` rows -> model inputs + ``labels`` (no padding: the collator pads).
+
+    The raw texts are tokenised (``tokenizer(text)``): the ids that saliency and influence use
+    too (:func:`~hf_pairdots.text.word_encoding`), for every kind of tokenizer."""
     def encode(batch):
-        enc = tokenizer([t.split() for t in batch["text"]], is_split_into_words=True, truncation=True,
-                        max_length=max_length)
+        enc = tokenizer(list(batch["text"]), truncation=True, max_length=max_length)
         enc["labels"] = batch["label"]
         return enc
     return dataset.map(encode, batched=True, remove_columns=dataset.column_names)

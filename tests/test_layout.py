@@ -117,7 +117,7 @@ def test_layout_of_a_base_model_and_of_a_model_without_embeddings():
     layout = ModelLayout.of(base)
     assert layout.base is None and layout.layers is None and layout.classifier is None and not layout.has_top_head
     assert layout.embedding_block() is base.embeddings
-    with pytest.raises(ValueError, match="needs an encoder with `.encoder.layer`"):
+    with pytest.raises(ValueError, match="needs an encoder with a list of layers"):
         select_parameters(base, "top")
     with pytest.raises(ValueError, match="lacks the BERT layout"):
         TopHead(base)

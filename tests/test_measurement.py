@@ -146,16 +146,17 @@ class CountingTokenizer:
 
 
 def test_pipeline_tokenises_and_predicts_a_query_once(tok, tmp_path, monkeypatch):
-    """explain_dataset: query selection tokenises and predicts every dev text once; the Explainer
-    reuses both (one saliency pass and one ∇θ m pass for its two labels). Before: 7 tokenisations
-    and 4 forward passes of this sentence."""
+    """explain_dataset: query selection encodes and predicts every dev text once; the Explainer
+    reuses both (one saliency pass and one ∇θ m pass for its two labels). One encoding is two
+    tokenizer calls (the pre-split words and the raw text, compared: ``word_encoding``). Before:
+    7 encodings and 4 forward passes of this sentence."""
     model = bert()
     counter = CountingTokenizer(tok, model, TEXT, monkeypatch)
     train = datasets.Dataset.from_dict({"text": [t for t, _ in TRAIN], "label": [y for _, y in TRAIN]})
     dev = datasets.Dataset.from_dict({"text": [TEXT, "a good story"], "label": [1, 1]})
     args = ExplainArguments(queries="all", top_k=3, max_length=16, solver=SolverOptions(solver="exact", damping=1.0))
     explain_dataset(model, tok, train, dev, args, tmp_path / "run")
-    assert (counter.calls, counter.forwards) == (1, 3)
+    assert (counter.calls, counter.forwards) == (2, 3)
 
 
 def test_query_probabilities_are_not_predicted_again(tok, monkeypatch):

@@ -12,7 +12,7 @@ from torch import nn
 from transformers import BertConfig
 
 from hf_pairdots.errors import SaliencyError
-from hf_pairdots.modeling import find_embedding_block, model_inputs
+from hf_pairdots.modeling import eval_eager_mode, find_embedding_block, model_inputs
 from hf_pairdots.models import load_classifier, tiny_bert
 from hf_pairdots.saliency import embedding_gradient, saliency, token_saliency, word_scores
 from hf_pairdots.text import encode_words
@@ -179,7 +179,8 @@ def test_C17_C18_special_tokens_and_word_pieces(model64, tok):
     assert all(s is not None for s in ws.scores)
 
     enc, _, _ = encode_words(tok, [text])
-    grad, emb, _ = embedding_gradient(model64, dict(enc), torch.tensor([1]))
+    with eval_eager_mode(model64):  # as saliency() runs it: eval mode, eager attention
+        grad, emb, _ = embedding_gradient(model64, dict(enc), torch.tensor([1]))
     per_token = token_saliency(grad, emb, "gradient")[0].detach()
     word_ids = enc.word_ids(0)
     special = tok.get_special_tokens_mask(enc["input_ids"][0].tolist(), already_has_special_tokens=True)

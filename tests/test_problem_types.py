@@ -1,0 +1,107 @@
+"""The training loss follows ``config.problem_type`` (single-label CE, multi-label BCE,
+regression MSE): the mean of the per-example losses equals the model's own ``outputs.loss``,
+float targets are never cast to class ids, saliency scores follow the head (softmax, sigmoid,
+predicted value), and what is unsupported is refused clearly."""
+
+import warnings
+
+import pytest
+import torch
+
+from hf_pairdots.arguments import ExplainArguments
+from hf_pairdots.callback import warn_if_loss_differs
+from hf_pairdots.errors import UnsupportedModelError
+from hf_pairdots.explain import Explainer
+from hf_pairdots.loss import FullModelLoss, example_losses, make_train_loss, mean_gradient_norm, prepare_data
+from hf_pairdots.autograd import select_parameters
+from hf_pairdots.models import tiny_bert
+from hf_pairdots.saliency import label_score, saliency
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TEXTS = ["a good film", "a bad film", "great acting here", "dull and slow"]
+
+
+def _model(kind, k):
+    model = tiny_bert(num_labels=k, vocab_size=30522, seed=0)
+    model.config.problem_type = kind
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind, k, labels", [
+    ("single_label_classification", 3, [0, 2, 1, 2]),
+    ("multi_label_classification", 3, [[1, 0, 1], [0, 0, 0], [1, 1, 1], [0, 1, 0]]),
+    ("regression", 1, [0.25, -1.5, 3.0, 0.7]),
+    ("regression", 2, [[0.25, 1.0], [-1.5, 0.0], [3.0, 2.0], [0.7, -0.2]]),
+])
+def test_mean_example_loss_is_the_models_own_loss(tok, kind, k, labels):
+    model = _model(kind, k)
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    target = torch.tensor(labels, dtype=torch.long if kind.startswith("single") else torch.float32)
+    with torch.no_grad():
+        own = model(**enc, labels=target).loss
+        logits = model(**enc).logits
+    assert example_losses(logits, target, kind).mean().item() == pytest.approx(own.item(), rel=1e-6)
+    for params in ("head", "last:1"):  # the cached-top route and the full-model route
+        objective = make_train_loss(model, params)
+        data = prepare_data(objective, tok, TEXTS, labels, batch_size=4, max_length=16)
+        [batch] = data.batches
+        got = torch.empty(len(TEXTS))
+        got[batch["index"]] = objective.per_example_loss(objective.theta, batch).detach()
+        assert got.mean().item() == pytest.approx(own.item(), rel=1e-5)
+        if kind == "regression":  # float targets stay floats, never class ids
+            assert batch["labels"].dtype == torch.float32
+
+
+def test_regression_targets_checked(tok):
+    objective = FullModelLoss(_model("regression", 1), select_parameters(_model("regression", 1), "head"))
+    with pytest.raises(ValueError, match=r"labels \[inf\] of rows \[1\] are not finite"):
+        prepare_data(objective, tok, TEXTS[:2], [0.5, float("inf")])
+    multi = _model("multi_label_classification", 2)
+    with pytest.raises(ValueError, match="not multi-hot"):
+        prepare_data(make_train_loss(multi, "head"), tok, TEXTS[:2], [[0, 1], [2, 0]])
+
+
+def test_label_score_follows_the_head():
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    y = torch.tensor([2])
+    sigmoid = 1 / (1 + torch.e ** -0.5)
+    assert label_score(logits, y, "prob", "multi_label_classification").item() == pytest.approx(sigmoid)
+    assert label_score(logits, y, "margin", "multi_label_classification").item() == 0.5
+    assert label_score(logits, y, "prob", "regression").item() == 0.5  # the predicted value, no softmax
+    assert label_score(logits, y, "prob").item() == pytest.approx(logits.softmax(-1)[0, 2].item())
+
+
+def test_regression_saliency_is_the_gradient_of_the_predicted_value(tok):
+    model = _model("regression", 1)
+    [sal] = saliency(model, tok, ["a good film"], [0])
+    with torch.no_grad():
+        value = model(**tok(["a good film"], return_tensors="pt")).logits[0, 0].item()
+    assert sal.probability == pytest.approx(value)  # reported S is the value, not a softmax over one logit (= 1)
+
+
+def test_explainer_refuses_regression_before_work(tok):
+    with pytest.raises(UnsupportedModelError, match="problem_type='regression'"):
+        Explainer(_model("regression", 1), tok, TEXTS, [0.1, 0.2, 0.3, 0.4], ExplainArguments())
+
+
+def test_label_smoothing_warns():
+    class Args:
+        label_smoothing_factor = 0.1
+
+    with pytest.warns(UserWarning, match="label_smoothing_factor=0.1"):
+        assert warn_if_loss_differs(Args())
+    Args.label_smoothing_factor = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not warn_if_loss_differs(Args())
+
+
+def test_mean_gradient_norm_is_the_norm_of_the_mean_gradient(tok):
+    model = _model("single_label_classification", 2)
+    objective = make_train_loss(model, "head")  # cached features, batches of 3 and 1
+    data = prepare_data(objective, tok, TEXTS, [0, 1, 0, 1], batch_size=3, max_length=16)
+    full = FullModelLoss(model, objective.params)
+    [batch] = prepare_data(full, tok, TEXTS, [0, 1, 0, 1], batch_size=4, max_length=16).batches
+    want = torch.func.grad(lambda theta: full.mean_loss(theta, batch))(full.theta).norm().item()
+    assert mean_gradient_norm(objective, data) == pytest.approx(want, rel=1e-5) and want > 0
