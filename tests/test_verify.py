@@ -268,3 +268,35 @@ def test_saliency_rows_are_the_records_measurements(tiny_run, tok, tmp_path):
     shuffled = train.shuffle(seed=1)
     with pytest.raises(ValueError, match="not the run's"):
         verify_run(run_dir, _args(measurement="saliency", protocol="warm"), model=model, tokenizer=tok, train=shuffled)
+
+
+def test_cli_verify_with_a_process_pool_equals_a_job_run_here(tiny_run, tok, tmp_path, capsys):
+    """`pairdots explain` then `pairdots verify` (model and data from meta.json) with two worker
+    processes; a job rerun in this process gives the pool's measurements bit for bit."""
+    from hf_pairdots.cli import main as cli_main
+
+    model, train, _ = tiny_run
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(train["text"], train["label"])))
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    out = tmp_path / "run"
+    assert cli_main(["explain", str(model_dir), "--data", str(data), "--split", "train", "--out", str(out),
+                     "--max-length", "16", "--top-k", "2", "--max-queries", "1", "--params", "classifier",
+                     "--solver", "exact"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="init_model"):
+        cli_main(["verify", str(out), "--protocol", "both"])
+    flags = ["verify", str(out), "--k", "3", "--warm-epochs", "1", "--warm-learning-rate", "0.02",
+             "--batch-size", "8", "--max-rows", "1", "--max-workers", "2", "--retrain-params", "explained"]
+    assert cli_main(flags) == 0
+    printed = json.loads(capsys.readouterr().out.split("\n", 2)[-1])
+    assert set(printed) == {"warm"} and set(printed["warm"]) >= {"sign_agreement", "spearman", "ratio"}
+    jobs = out / "verify" / "jobs"
+    names = ["warm-full.json"] + [f"warm-{kind}-r0-0.json" for kind in ("top", "bottom", "random")]
+    assert sorted(p.name for p in jobs.iterdir()) == sorted(names)
+    pooled = json.loads((jobs / "warm-top-r0-0.json").read_text())
+    (jobs / "warm-top-r0-0.json").unlink()
+    assert cli_main(flags[:-4] + ["--max-workers", "1", "--retrain-params", "explained"]) == 0
+    assert json.loads((jobs / "warm-top-r0-0.json").read_text())["measurements"] == pooled["measurements"]
