@@ -766,6 +766,7 @@ def verify_run(run_dir: str | Path, args: VerifyArguments, *, model, tokenizer, 
     """
     from accelerate import PartialState
 
+    from .distributed import broadcast_object
     from .explain import Explainer
     from .modeling import influence_mode
 
@@ -782,7 +783,8 @@ def verify_run(run_dir: str | Path, args: VerifyArguments, *, model, tokenizer, 
             raise IncompatibleRunError(f"{out} holds a check made with other options ({', '.join(differ)}); rerun "
                                        "with the options in its verify_args.json or delete the folder")
     plan_path = out / "plan.json"
-    if not plan_path.is_file():
+    [planned] = broadcast_object(plan_path.is_file())  # the main process decides: the plan stage is collective
+    if not planned:
         if state.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(saved, json.dumps(args.to_dict(), indent=2, sort_keys=True) + "\n")

@@ -300,3 +300,11 @@ def test_cli_verify_with_a_process_pool_equals_a_job_run_here(tiny_run, tok, tmp
     (jobs / "warm-top-r0-0.json").unlink()
     assert cli_main(flags[:-4] + ["--max-workers", "1", "--retrain-params", "explained"]) == 0
     assert json.loads((jobs / "warm-top-r0-0.json").read_text())["measurements"] == pooled["measurements"]
+
+
+def test_job_training_set_removes_and_adds_rows():
+    train = _dataset([{"text": f"w{i}", "label": i % 2} for i in range(6)])
+    assert verify.job_training_set(train, {"remove": [1, 4], "add": []})["text"] == ["w0", "w2", "w3", "w5"]
+    assert verify.job_training_set(train, {"remove": [], "add": [5, 0]})["text"] == [
+        "w0", "w1", "w2", "w3", "w4", "w5", "w5", "w0"]
+    assert verify.job_training_set(train, {"remove": [], "add": []}) is train
