@@ -246,8 +246,11 @@ def _verify(a) -> int:
         args = VerifyArguments(**{f.name: getattr(a, f.name) for f in dataclasses.fields(VerifyArguments)})
     except ValueError as error:
         raise SystemExit(f"pairdots verify: {error}") from None
-    report = verify_run(a.run_dir, args, model=load_classifier(model_name), tokenizer=load_tokenizer(model_name),
-                        train=train, show_progress=True)
+    from accelerate import PartialState
+
+    model = load_classifier(model_name).to(PartialState().device)  # the GPU of this process, when there is one
+    report = verify_run(a.run_dir, args, model=model, tokenizer=load_tokenizer(model_name), train=train,
+                        show_progress=True)
     keys = ("sign_agreement", "rows_direction_right", "spearman", "ratio", "lds", "missing_jobs")
     print(json.dumps({protocol: {k: numbers[k] for k in keys if k in numbers}
                       for protocol, numbers in report["protocols"].items()}, indent=2))

@@ -64,6 +64,7 @@ from jinja2 import Environment, PackageLoader
 from scipy.stats import spearmanr
 
 from .arguments import ExplainArguments
+from .distributed import broadcast_object
 from .errors import IncompatibleRunError
 from .io import atomic_write_text
 
@@ -454,14 +455,24 @@ def _start_model(context: JobContext, protocol: str):
 
 def run_job(job: dict, context: JobContext) -> dict:
     """Retrain for one job and measure every row: ``{"id", "hash", "measurements" (Q,),
-    "train_size", "seconds"}``. The context's models are copied, never changed."""
+    "train_size", "seconds"}``. The context's models are copied, never changed; the torch
+    thread count is set to ``num_threads`` for the job and restored."""
+    start = time.perf_counter()
+    args = context.args
+    threads = torch.get_num_threads()
+    if args.num_threads is not None:
+        torch.set_num_threads(args.num_threads)
+    try:
+        return _retrain_and_measure(job, context, start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _retrain_and_measure(job: dict, context: JobContext, start: float) -> dict:
     from .autograd import select_parameters
     from .training import train_classifier
 
-    start = time.perf_counter()
     args = context.args
-    if args.num_threads is not None:
-        torch.set_num_threads(args.num_threads)
     device = context.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = _start_model(context, job["protocol"]).float()
     if args.retrain_params == "explained":
@@ -514,8 +525,9 @@ def run_jobs(jobs: Sequence[dict], context: JobContext, jobs_dir: str | Path, *,
 
     Resumable: a job whose JSON file in ``jobs_dir`` holds its hash (:func:`job_hash`) is not
     rerun; each finished job is written at once (atomically, :mod:`hf_pairdots.io`), so a kill
-    loses at most the jobs in flight. With ``world_size > 1`` (one process per GPU) this
-    process runs the pending jobs ``rank, rank + world_size, ...`` and returns only what is on
+    loses at most the jobs in flight. With ``world_size > 1`` (one process per GPU; call it on
+    every process) the main process's list of pending jobs is broadcast, this process runs the
+    pending jobs ``rank, rank + world_size, ...`` of it and returns only what is on
     disk after them (the caller synchronises the processes before aggregating). With
     ``context.args.max_workers > 1`` the jobs run in a ``ProcessPoolExecutor`` (spawned
     processes, the context sent once to each).
@@ -523,7 +535,8 @@ def run_jobs(jobs: Sequence[dict], context: JobContext, jobs_dir: str | Path, *,
     jobs_dir = Path(jobs_dir)
     jobs_dir.mkdir(parents=True, exist_ok=True)
     done = finished_jobs(jobs_dir, jobs, context.args)
-    pending = [job for job in jobs if job["id"] not in done][rank::world_size]
+    [pending_ids] = broadcast_object([job["id"] for job in jobs if job["id"] not in done])  # the main process's list
+    pending = [job for job in jobs if job["id"] in set(pending_ids)][rank::world_size]
 
     def keep(result: dict) -> None:
         atomic_write_text(jobs_dir / f"{result['id']}.json", json.dumps(result, indent=1) + "\n")
@@ -766,7 +779,6 @@ def verify_run(run_dir: str | Path, args: VerifyArguments, *, model, tokenizer, 
     """
     from accelerate import PartialState
 
-    from .distributed import broadcast_object
     from .explain import Explainer
     from .modeling import influence_mode
 
@@ -789,10 +801,10 @@ def verify_run(run_dir: str | Path, args: VerifyArguments, *, model, tokenizer, 
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(saved, json.dumps(args.to_dict(), indent=2, sort_keys=True) + "\n")
         with influence_mode(model) as inner:
-            explainer = Explainer(inner, tokenizer, train["text"], train["label"], explain_args)
             at_start = measure(inner, tokenizer, rows, explain_args)
+            _check_recorded(records, rows, at_start)  # before the training-side work
+            explainer = Explainer(inner, tokenizer, train["text"], train["label"], explain_args)
             scores = explainer.solve(measurement_gradients(explainer, rows)).scores.double().numpy()
-        _check_recorded(records, rows, at_start)
         plan = build_plan(scores, explainer.train_rows, args)
         plan.update(rows=[dataclasses.asdict(row) for row in rows], measured=at_start)
         if state.is_main_process:
