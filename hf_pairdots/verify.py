@@ -21,7 +21,9 @@ Eq. 5 scores I(z_i, m) over the n scored training examples:
    re-optimisation from the trained weights, ``warm_epochs`` at ``warm_learning_rate``. The
    actual change of a job is m(θ_job) - m(θ_baseline) of the same protocol, so the drift that a
    protocol causes by itself (a warm start is not at the optimum of its own run; a retrain from
-   the initial weights does not reproduce the trained model bit for bit) cancels.
+   the initial weights does not reproduce the trained model bit for bit) cancels. Every job of a
+   protocol takes the optimiser steps of its full-data job (:func:`job_epochs`), whatever the
+   size of its training set.
    Jobs are independent: a ``concurrent.futures`` process pool (``max_workers``) here, one
    process per GPU under ``accelerate launch`` (jobs dealt out by process index). Each finished
    job is one JSON file under ``<run>/verify/jobs/``, written atomically: a rerun skips it.
@@ -440,6 +442,17 @@ def job_training_set(train, job: dict):
     return subset
 
 
+def job_epochs(epochs: float, full_size: int, size: int, batch_size: int) -> float:
+    """The ``epochs`` to give :func:`~hf_pairdots.training.train_classifier` on ``size`` examples
+    so that it takes as many optimiser steps as ``epochs`` over the full ``full_size`` would,
+    ``ceil(epochs x ceil(full_size / batch_size))``: every job of a protocol then has the same
+    steps and learning-rate schedule, and its change is the change of the data alone (with
+    fixed epochs, removing 5 % of the data would also remove 5 % of the steps, and the drift of
+    those steps would pass for an effect)."""
+    steps = math.ceil(epochs * math.ceil(full_size / batch_size))
+    return (steps - 0.5) / math.ceil(size / batch_size)  # ceil(...) of it x the job's batches is exactly `steps`
+
+
 def _start_model(context: JobContext, protocol: str):
     from accelerate.utils import set_seed
 
@@ -481,7 +494,8 @@ def _retrain_and_measure(job: dict, context: JobContext, start: float) -> dict:
             param.requires_grad_(name in explained)
     warm = job["protocol"] == "warm"
     train = job_training_set(context.train, job)
-    model = train_classifier(model, context.tokenizer, train, epochs=args.warm_epochs if warm else args.epochs,
+    epochs = job_epochs(args.warm_epochs if warm else args.epochs, len(context.train), len(train), args.batch_size)
+    model = train_classifier(model, context.tokenizer, train, epochs=epochs,
                              learning_rate=args.warm_learning_rate if warm else args.learning_rate,
                              batch_size=args.batch_size, max_length=context.explain_args.max_length, seed=args.seed,
                              weight_decay=args.weight_decay, accelerator=SingleDeviceAccelerator(device),

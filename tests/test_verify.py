@@ -308,3 +308,11 @@ def test_job_training_set_removes_and_adds_rows():
     assert verify.job_training_set(train, {"remove": [], "add": [5, 0]})["text"] == [
         "w0", "w1", "w2", "w3", "w4", "w5", "w5", "w0"]
     assert verify.job_training_set(train, {"remove": [], "add": []}) is train
+
+
+@pytest.mark.parametrize("size", [475, 500, 525, 17, 1])
+def test_job_epochs_keep_the_full_jobs_steps(size):
+    """32 steps for 1 epoch of 500 examples in batches of 16, whatever the job's set size."""
+    epochs = verify.job_epochs(1.0, 500, size, 16)
+    assert math.ceil(epochs * math.ceil(size / 16)) == 32
+    assert math.ceil(verify.job_epochs(0.25, 500, size, 16) * math.ceil(size / 16)) == 8
