@@ -68,6 +68,8 @@ _LAZY = {
     "CardInfo": ("hub", "CardInfo"),
     "save_augmented": ("hub", "save_augmented"),
     "push_augmented": ("hub", "push_augmented"),
+    "VerifyArguments": ("verify", "VerifyArguments"),
+    "verify_run": ("verify", "verify_run"),
 }
 
 __all__ = [
@@ -112,3 +114,4 @@ if TYPE_CHECKING:  # what static tools see; at run time the names come from __ge
     from .report import ExplanationStore, write_report
     from .saliency import WordSaliency
     from .saliency import saliency as word_saliency
+    from .verify import VerifyArguments, verify_run

@@ -1,8 +1,9 @@
-"""``pairdots`` command line: ``wordnet``, ``explain``.
+"""``pairdots`` command line: ``wordnet``, ``explain``, ``augment``, ``verify``.
 
     pairdots wordnet --install            # prepare WordNet for nltk offline
     pairdots explain MODEL_DIR --data SPEC --split validation --out DIR
     pairdots explain MODEL_DIR --data SPEC --suspicious 20 --out DIR   # + suspicious training examples
+    pairdots verify DIR --k 25 --protocol warm --lds-subsets 8        # retraining check of a run
 """
 
 from __future__ import annotations
@@ -177,7 +178,82 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the random-substitution baseline with the same budget")
     g.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also push the augmented dataset")
     g.set_defaults(func=_augment, options=AUGMENT_OPTIONS)
+    _add_verify(sub)
     return parser
+
+
+VERIFY_HELP = {
+    "k": "training examples per removal set (default: k-fraction x n)",
+    "protocol": "retrain from the initial weights (needs --init-model), warm-start from the trained ones, or both",
+    "lds_subsets": "M random subsets for the linear datamodeling score (0 = off)",
+    "lds_fraction": "α, the fraction of training rows each LDS subset keeps",
+    "measurement": "saliency (what the run explained) or loss (the query's gold cross-entropy)",
+    "max_rows": "check at most this many rows",
+    "init_model": "initial weights (model folder or Hub id) for --protocol initial/both",
+    "retrain_params": "all, or only the run's explained parameters θ_S (the rest frozen)",
+    "upweight": "also add the top-k and bottom-k once more (predicted +ΣI/n)",
+    "max_workers": "parallel retraining processes on this machine",
+}
+
+
+def _add_verify(sub) -> None:
+    """``pairdots verify RUN_DIR``: one flag per field of :class:`~hf_pairdots.verify.VerifyArguments`
+    (``--k-fraction`` for ``k_fraction``, a store-true flag for a bool), plus where the run's
+    model and training set are when its meta.json does not say."""
+    import dataclasses
+
+    from .verify import MEASUREMENTS, PROTOCOLS, RETRAIN_PARAMS, VerifyArguments
+
+    v = sub.add_parser("verify", help="retraining check of an explanation run: remove the top-k, bottom-k and random "
+                                      "training examples of each row, retrain, compare with the predicted change")
+    v.add_argument("run_dir", help="folder written by `pairdots explain` or explain_dataset")
+    v.add_argument("--model", default=None, help="the run's trained model (default: meta.json's model)")
+    v.add_argument("--data", default=None, help="dataset spec of the run (default: meta.json's data)")
+    v.add_argument("--train-split", default="train")
+    v.add_argument("--train-size", type=int, default=None,
+                   help="seeded training subsample, as given to `pairdots explain` (default: meta.json's train_size "
+                        "when it is smaller than the split, else the whole split)")
+    choices = {"protocol": (*PROTOCOLS, "both"), "measurement": MEASUREMENTS, "retrain_params": RETRAIN_PARAMS}
+    for f in dataclasses.fields(VerifyArguments):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            v.add_argument(flag, action="store_true", help=VERIFY_HELP.get(f.name))
+            continue
+        kind = {"k": int, "max_rows": int, "num_threads": int, "init_model": str}.get(f.name, type(f.default))
+        v.add_argument(flag, type=kind, default=f.default, choices=choices.get(f.name), help=VERIFY_HELP.get(f.name))
+    v.set_defaults(func=_verify)
+
+
+def _verify(a) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from .data import load_text_classification, subsample
+    from .models import load_classifier, load_tokenizer
+    from .verify import VerifyArguments, read_run, verify_run
+
+    _, meta, explain_args = read_run(a.run_dir)
+    model_name, spec = a.model or meta.get("model"), a.data or meta.get("data")
+    if model_name is None or spec is None:
+        raise SystemExit(f"{Path(a.run_dir) / 'meta.json'} does not name the run's model and data; give --model and "
+                         "--data")
+    train = load_text_classification(spec)[a.train_split]
+    size = a.train_size if a.train_size is not None else meta.get("train_size", len(train))
+    if size < len(train):
+        train = subsample(train, size, explain_args.seed)
+    try:
+        args = VerifyArguments(**{f.name: getattr(a, f.name) for f in dataclasses.fields(VerifyArguments)})
+    except ValueError as error:
+        raise SystemExit(f"pairdots verify: {error}") from None
+    from accelerate import PartialState
+
+    model = load_classifier(model_name).to(PartialState().device)  # the GPU of this process, when there is one
+    report = verify_run(a.run_dir, args, model=model, tokenizer=load_tokenizer(model_name), train=train,
+                        show_progress=True)
+    keys = ("sign_agreement", "rows_direction_right", "spearman", "ratio", "lds", "missing_jobs")
+    print(json.dumps({protocol: {k: numbers[k] for k in keys if k in numbers}
+                      for protocol, numbers in report["protocols"].items()}, indent=2))
+    return 0
 
 
 def main(argv=None) -> int:
