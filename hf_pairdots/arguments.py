@@ -71,7 +71,7 @@ class SolverOptions(_Serializable):
             starting point of CG on the full Hessian, run to ``cg_tol`` (default), or, ``False``,
             return the closed-form inverse of the low-rank approximation (no HVP per query;
             directions outside the top ``rank`` see only the damping).
-        keep_repeats: LiSSA only: keep the R per-repeat solutions (``diagnostics["repeats"]``,
+        keep_repeats: LiSSA only: keep the R per-repeat solutions (``IHVPResult.repeats``,
             ``(R, Q, P)``) for the top-k stability check of :mod:`hf_pairdots.stability`.
             With ``repeat > 1`` the spread of the repeats is reported either way, and
             :class:`~hf_pairdots.explain.Explainer` keeps the repeats itself to report the top-k

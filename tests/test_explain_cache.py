@@ -57,8 +57,8 @@ def solves(monkeypatch):
     def counted_solve(objective, data, v, options, **kwargs):
         log["rows"].append(v.shape[0])
         result = solve(objective, data, v, options, **kwargs)
-        if "repeats" in result.diagnostics:
-            log["repeats"].append((v.clone(), result.diagnostics["repeats"].clone()))
+        if result.repeats is not None:
+            log["repeats"].append((v.clone(), result.repeats.clone()))
         return result
 
     def counted_score(*args):
@@ -185,8 +185,8 @@ def test_compute_s_test_passes_keep_repeats(model, tok, queries, tmp_path):
     v = torch.randn(3, explainer.objective.params.numel, generator=torch.Generator().manual_seed(0))
     options = SolverOptions(**SOLVER, repeat=3, keep_repeats=True)
     result = compute_s_test(explainer.objective, explainer.data, v, options)
-    assert result.diagnostics["repeats"].shape == (3, 3, v.shape[1])
-    assert torch.allclose(result.diagnostics["repeats"].mean(0), result.x, rtol=1e-5, atol=1e-7)
+    assert result.repeats.shape == (3, 3, v.shape[1])
+    assert torch.allclose(result.repeats.mean(0), result.x, rtol=1e-5, atol=1e-7)
     plain = compute_s_test(explainer.objective, explainer.data, v, dataclasses.replace(options, keep_repeats=False))
     assert "repeats" not in plain.diagnostics
     assert torch.equal(plain.x, result.x)  # keeping the repeats changes nothing else
