@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 __all__ = [
@@ -173,10 +173,6 @@ class LabelExplanation:
                    top_train=[TrainAttribution.from_dict(t) for t in data["top_train"]])
 
 
-PER_LABEL_DIAGNOSTICS = ("relative_residual", "cached", "repeat_relative_spread", "topk_overlap")
-"""The fields of :class:`SolveDiagnostics` with one entry per explained label, in the record's order."""
-
-
 @dataclass
 class SolveDiagnostics:
     """How the s_test of a query's measurements was solved (App. B).
@@ -200,6 +196,11 @@ class SolveDiagnostics:
     repeat_relative_spread: list[float] | None = None
     topk_overlap: list[float] | None = None
 
+    @classmethod
+    def per_label_fields(cls) -> tuple[str, ...]:
+        """The fields with one entry per explained label, in the record's order (all but ``solve``)."""
+        return tuple(f.name for f in fields(cls) if f.name != "solve")
+
     @property
     def solver(self) -> str | None:
         """The solver that ran (``"cg"``, ``"lissa"``, ``"exact"``, ``"lowrank"``)."""
@@ -213,14 +214,15 @@ class SolveDiagnostics:
     def to_dict(self) -> dict:
         """The solve-level values, then the per-label fields that are set."""
         out = dict(self.solve)
-        out.update({name: getattr(self, name) for name in PER_LABEL_DIAGNOSTICS if getattr(self, name) is not None})
+        out.update({name: getattr(self, name) for name in self.per_label_fields() if getattr(self, name) is not None})
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping) -> SolveDiagnostics:
-        """Every key outside :data:`PER_LABEL_DIAGNOSTICS` is a solve-level value (order kept)."""
-        return cls(solve={k: v for k, v in data.items() if k not in PER_LABEL_DIAGNOSTICS},
-                   **{name: data.get(name) for name in PER_LABEL_DIAGNOSTICS})
+        """Every key that is not one of :meth:`per_label_fields` is a solve-level value (order kept)."""
+        per_label = cls.per_label_fields()
+        return cls(solve={k: v for k, v in data.items() if k not in per_label},
+                   **{name: data.get(name) for name in per_label})
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Train the base model once (seed = first seed), explain ``num_queries`` test examples with
 ``edit="attack"`` (gold row: ↓I(z, w_y); runner-up row: ↑I(z, w_y'); synonyms only); for each
 objective (attack_down, attack_up, attack_combined) and k, replace k training examples per query
-by their edits (``collect_edits`` + ``apply_edits``), retrain from the same starting weights, and
+by their edits (``hf_pairdots.pipeline.apply_explanations``), retrain from the same starting weights, and
 report accuracy on the queried test examples, next to the random-substitution baseline with the
 same budget (``random_baseline``: the same training rows, random words and synonyms; for the
 objectives in the config's ``random_baselines``, default all) and the unedited model, over

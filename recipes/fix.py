@@ -3,7 +3,7 @@
 Train the base model once (seed = first seed), explain up to ``num_queries`` dev
 misclassifications with ``edit="fix"`` (gold row: ↑I(z, w_y); wrong-label row: ↓I(z, w_y');
 synonyms and antonyms); for k in 0..K add k fixing examples per explained dev error
-(``collect_edits(..., "fix")`` + ``apply_edits``: rows are added), retrain from the same starting
+(``hf_pairdots.pipeline.apply_explanations(..., "fix")``: rows are added), retrain from the same starting
 weights and report dev and test accuracy, next to the random baseline with the same number of
 added examples, over several seeds; plot the Figure-2 curves for dev and test.
 

@@ -237,7 +237,7 @@ def test_explainer_records_are_plain_json(meta_model, tok, lexicon, fixed_lanczo
         assert _on(solved.x) and _on(solved.scores, "cpu") and _on(solved.repeat_scores, "cpu")
         records = explainer.explain([Query(0, "a good fun movie", 0), Query(1, "a dull plot", 1)])
     assert len(records) == 2
-    json.dumps(records)  # no tensor (of any device) inside
+    json.dumps([record.to_dict() for record in records])  # no tensor (of any device) inside
 
 
 def test_explain_dataset_on_the_models_device(meta_model, tok, tmp_path, fixed_lanczos):
