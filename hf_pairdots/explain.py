@@ -425,7 +425,8 @@ class Explainer:
             return ProposedEdit(objective=name, reason=result.reason)
         return result.edit.to_proposed(name)
 
-    def _record(self, query: Query, probs: torch.Tensor, rows: list[dict], diagnostics: SolveDiagnostics) -> Explanation:
+    def _record(self, query: Query, probs: torch.Tensor, rows: list[dict],
+                diagnostics: SolveDiagnostics) -> Explanation:
         _, words, [cut] = encode_words(self.tokenizer, [query.text], self.args.max_length)
         predicted = int(probs.argmax())
         labels = [LabelExplanation(row["label"], self.label_names[row["label"]], row["role"],

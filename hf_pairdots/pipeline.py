@@ -99,8 +99,6 @@ def select_queries(texts, golds, probs, args: ExplainArguments,
     return chosen[:args.max_queries], skipped
 
 
-
-
 def _flat(options: dict, prefix: str = "") -> dict:
     """``{"solver": {"depth": 200}}`` -> ``{"solver.depth": 200}``."""
     out = {}

@@ -20,6 +20,7 @@ from hf_pairdots.callback import explain_dataset
 from hf_pairdots.explain import Explainer, Query
 from hf_pairdots.modeling import autocast_disabled, influence_mode, predict_proba
 from hf_pairdots.models import tiny_bert
+from hf_pairdots.records import as_explanation
 from hf_pairdots.saliency import saliency
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -43,7 +44,7 @@ def bf16_region():
 def _numbers(records) -> torch.Tensor:
     """Every number of the records that the model's precision reaches, in one float64 vector."""
     values = []
-    for record in records:
+    for record in map(as_explanation, records):  # typed records or their JSON lines
         values += record.probabilities
         for entry in record.labels:
             values += [entry.probability] + [s for s in entry.saliency if s is not None]
