@@ -87,7 +87,7 @@ def _augment(a) -> int:
     summary, collection, augmented = made.summary, made.edits, made.dataset
     parameters = {"per_query": a.per_query, "top_k": made.args.top_k, "num_sampled": a.num_sampled,
                   "max_candidates": a.max_candidates, "antonym_label": a.antonym_label, "queries": selection,
-                  "max_queries": max_queries, "params": args.params, "max_length": a.max_length,
+                  "max_queries": max_queries, "params": made.args.params, "max_length": a.max_length,
                   "solver": a.solver, "damping": a.damping if a.damping is not None else "automatic",
                   "depth": a.depth, "train_size": a.train_size or len(train)}
     info = CardInfo(source=a.data, model=a.model, objective=a.objective, seed=a.seed, parameters=parameters,
