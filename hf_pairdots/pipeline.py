@@ -141,7 +141,7 @@ def _check_resumable(out: Path, args: ExplainArguments) -> None:
                        f"two runs. Rerun with the options saved in {out / ARGS_NAME}, or choose another output "
                        "folder")
     if is_distributed():
-        [message] = broadcast_object([message])
+        [message] = broadcast_object(message)
     if message is not None:
         raise IncompatibleRunError(message)
 
