@@ -111,7 +111,8 @@ def measure(a) -> dict:
 
         def dev_influence():
             solved = compute_s_test(objective, data, mean_loss_gradient(objective, dev_data)[None], SolverOptions())
-            return train_influence(objective, data, solved.x)[0], solved.diagnostics
+            return train_influence(objective, data, solved.x)[0], {**solved.diagnostics,
+                                                                   "relative_residual": solved.relative_residual}
 
         (influence, diagnostics), seconds = timed(dev_influence)
         out["seconds"]["dev_loss_influence"] = seconds

@@ -150,9 +150,9 @@ def check_against_cpu(model, tok, train, dev, rtol: float, cache_dir: Path) -> N
         args = ExplainArguments(queries="all", top_k=3, max_length=16, batch_size=16, eraser="zero",
                                 solver=SolverOptions(**solver), **extra)
         start = time.perf_counter()
-        on_device = Explainer(model, tok, texts, labels, args).explain(queries)
+        on_device = [r.to_dict() for r in Explainer(model, tok, texts, labels, args).explain(queries)]
         seconds = time.perf_counter() - start
-        on_cpu = Explainer(cpu_model, tok, texts, labels, args).explain(queries)
+        on_cpu = [r.to_dict() for r in Explainer(cpu_model, tok, texts, labels, args).explain(queries)]
         print(f"  {name}: {seconds:.1f} s on {device}")
         json.dumps(on_device)
         a, b = _flatten(on_device), _flatten(on_cpu)
@@ -165,8 +165,8 @@ def check_against_cpu(model, tok, train, dev, rtol: float, cache_dir: Path) -> N
     args = ExplainArguments(queries="all", top_k=3, max_length=16, batch_size=16,
                             solver=SolverOptions(damping=0.5, scale=20.0, depth=60, batch_size=16,
                                                  cache_dir=str(cache_dir)))
-    first = Explainer(model, tok, texts, labels, args).explain(queries)
-    again = Explainer(model, tok, texts, labels, args).explain(queries)
+    first = [r.to_dict() for r in Explainer(model, tok, texts, labels, args).explain(queries)]
+    again = [r.to_dict() for r in Explainer(model, tok, texts, labels, args).explain(queries)]
     if not all(all(r["diagnostics"]["cached"]) for r in again):
         raise AssertionError("the second explanation did not read the cache")
     _close("cache hit vs solve", _flatten(again)["influence"], _flatten(first)["influence"], 1e-6)

@@ -46,9 +46,19 @@ _LAZY = {
     "SolverArguments": ("arguments", "SolverArguments"),
     "SolverOptions": ("arguments", "SolverOptions"),  # the old name of SolverArguments
     "PairDotsCallback": ("callback", "PairDotsCallback"),
-    "explain_dataset": ("callback", "explain_dataset"),
+    "explain_dataset": ("pipeline", "explain_dataset"),
+    "select_queries": ("pipeline", "select_queries"),
+    "augment_training_set": ("pipeline", "augment_training_set"),
+    "apply_explanations": ("pipeline", "apply_explanations"),
+    "edit_arguments": ("pipeline", "edit_arguments"),
+    "AugmentedTrainingSet": ("pipeline", "AugmentedTrainingSet"),
     "Explainer": ("explain", "Explainer"),
     "Query": ("explain", "Query"),
+    "Explanation": ("records", "Explanation"),
+    "LabelExplanation": ("records", "LabelExplanation"),
+    "TrainAttribution": ("records", "TrainAttribution"),
+    "ProposedEdit": ("records", "ProposedEdit"),
+    "SolveDiagnostics": ("records", "SolveDiagnostics"),
     "predict_proba": ("modeling", "predict_proba"),
     "WordSaliency": ("saliency", "WordSaliency"),
     "word_saliency": ("saliency", "saliency"),
@@ -105,12 +115,21 @@ if TYPE_CHECKING:  # what static tools see; at run time the names come from __ge
     from .augment.dataset import apply_edits, collect_edits, random_baseline
     from .augment.goals import GOAL_GROUPS, GOALS, EditGoal
     from .augment.lexicon import Lexicon, install_wordnet
-    from .callback import PairDotsCallback, explain_dataset
+    from .callback import PairDotsCallback
     from .data import load_text_classification
     from .explain import Explainer, Query
     from .hub import CardInfo, push_augmented, save_augmented
     from .modeling import predict_proba
     from .models import load_classifier, load_tokenizer
+    from .pipeline import (
+        AugmentedTrainingSet,
+        apply_explanations,
+        augment_training_set,
+        edit_arguments,
+        explain_dataset,
+        select_queries,
+    )
+    from .records import Explanation, LabelExplanation, ProposedEdit, SolveDiagnostics, TrainAttribution
     from .report import ExplanationStore, write_report
     from .saliency import WordSaliency
     from .saliency import saliency as word_saliency

@@ -50,9 +50,9 @@ def _wordnet(a) -> int:
 
 
 def _explain(a) -> int:
-    from .callback import explain_dataset
     from .data import load_text_classification, subsample
     from .models import load_classifier, load_tokenizer
+    from .pipeline import explain_dataset
 
     data = load_text_classification(a.data)
     train = data[a.train_split]
@@ -70,13 +70,12 @@ def _augment(a) -> int:
     from collections import Counter
     from pathlib import Path
 
-    from .augment.dataset import apply_edits, collect_edits, explain_labels, explain_mode, random_baseline
+    from .augment.dataset import apply_edits, explain_mode, random_baseline
     from .augment.lexicon import ensure_wordnet
-    from .callback import explain_dataset
     from .data import load_text_classification, subsample
     from .hub import CardInfo, push_augmented, save_augmented
     from .models import load_classifier, load_tokenizer
-    from .report import ExplanationStore
+    from .pipeline import augment_training_set
 
     ensure_wordnet()  # fail before any model or data is loaded
     mode = explain_mode(a.objective)
@@ -93,30 +92,21 @@ def _augment(a) -> int:
     train = data[a.train_split]
     if a.train_size:
         train = subsample(train, a.train_size, a.seed)
-    args = explain_arguments(a, queries=selection, max_queries=max_queries, labels=explain_labels(a.objective),
-                             top_k=a.top_k or (2 * a.per_query + 3 if mode == "attack" else a.per_query + 2),
-                             edit=mode)
+    base = explain_arguments(a, queries=selection, max_queries=max_queries)
     out = Path(a.out)
-    explain_dir = out / "explain"
-    previous = explain_dir / "explain_args.json"
-    if previous.is_file() and (dataclasses.replace(ExplainArguments.from_json(previous), max_queries=None)
-                               != dataclasses.replace(args, max_queries=None)):
-        raise SystemExit(f"{explain_dir} holds explanations made with other settings; use another --out")
     tokenizer = load_tokenizer(a.model)
-    summary = explain_dataset(load_classifier(a.model), tokenizer, train, data[split], args, explain_dir,
-                              show_progress=True,
-                              meta={"model": a.model, "data": a.data, "split": split, "objective": a.objective})
-    records = sorted(ExplanationStore(explain_dir).records(), key=lambda r: r["query_index"])[:max_queries]
-    collection = collect_edits(records, train, a.objective, per_query=a.per_query, seed=a.seed,
-                               antonym_label=a.antonym_label)
-    parameters = {"per_query": a.per_query, "top_k": args.top_k, "num_sampled": a.num_sampled,
+    made = augment_training_set(load_classifier(a.model), tokenizer, train, data[split], out / "explain",
+                                objective=a.objective, per_query=a.per_query, args=base, top_k=a.top_k,
+                                antonym_label=a.antonym_label, show_progress=True,
+                                meta={"model": a.model, "data": a.data, "split": split, "objective": a.objective})
+    summary, collection, augmented = made.summary, made.edits, made.dataset
+    parameters = {"per_query": a.per_query, "top_k": made.args.top_k, "num_sampled": a.num_sampled,
                   "max_candidates": a.max_candidates, "antonym_label": a.antonym_label, "queries": selection,
-                  "max_queries": max_queries, "params": args.params, "max_length": a.max_length,
+                  "max_queries": max_queries, "params": made.args.params, "max_length": a.max_length,
                   "solver": a.solver, "damping": a.damping if a.damping is not None else "automatic",
                   "depth": a.depth, "train_size": a.train_size or len(train)}
     info = CardInfo(source=a.data, model=a.model, objective=a.objective, seed=a.seed, parameters=parameters,
                     query_split=split, train_split=a.train_split)
-    augmented = apply_edits(train, collection.dataset)
     written = {"augmented": str(save_augmented(augmented, out / "augmented", info))}
     if a.random_baseline:
         baseline = random_baseline(collection.dataset, train, seed=a.seed, max_candidates=a.max_candidates,
@@ -257,8 +247,14 @@ def _verify(a) -> int:
 
 
 def main(argv=None) -> int:
+    """Run a command; an output folder holding another run's explanations exits with the message."""
+    from .errors import IncompatibleRunError
+
     a = build_parser().parse_args(argv)
-    return a.func(a)
+    try:
+        return a.func(a)
+    except IncompatibleRunError as err:
+        raise SystemExit(f"pairdots {a.command}: {err}") from None
 
 
 if __name__ == "__main__":

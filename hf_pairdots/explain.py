@@ -54,6 +54,7 @@ from .measurement import SaliencyMeasurement, measurement_gradients
 from .modeling import (SINGLE_LABEL, autocast_disabled, find_embedding_block, first_position_only, eval_eager_mode,
                        predict_encoded, prepare_model, problem_type)
 from .modeling import predict_proba  # noqa: F401  (its old home: the name stays importable from here)
+from .records import Explanation, LabelExplanation, ProposedEdit, SolveDiagnostics, TrainAttribution
 from .saliency import text_saliency
 from .solve import compute_s_test, lowrank_hessian, resolve_damping_scale
 from .text import EncodedText, unscorable_texts
@@ -61,10 +62,6 @@ from .stability import topk_overlap
 
 RESIDUAL_EXAMPLES = 256
 """Training examples whose Hessian measures each row's relative residual (part of the cache key)."""
-
-_ROW_DIAGNOSTICS = ("relative_residual", "repeat_relative_spread", "repeat_relative_spread_per_query",
-                    "norm_trace", "repeats")
-"""Solver diagnostics that are per row, per chunk trace or tensors: not copied as solve-level values."""
 
 
 @dataclass
@@ -228,8 +225,9 @@ class Explainer:
 
     @autocast_disabled()
     @_eval_eager
-    def explain(self, queries: Sequence[Query]) -> list[dict]:
-        """Explanation records (schema in docs/ARCHITECTURE.md) for ``queries``, in order.
+    def explain(self, queries: Sequence[Query]) -> list[Explanation]:
+        """Explanation records (:class:`~hf_pairdots.records.Explanation`; their ``to_dict()`` is
+        the JSON schema of docs/ARCHITECTURE.md) for ``queries``, in order.
 
         Cost: per query, one saliency pass and one ∇θ m pass for its 1-2 labels; one solve (CG
         or LiSSA) for all 1-2 x len(queries) measurements together (only for the rows not in the
@@ -240,11 +238,12 @@ class Explainer:
         R > 1 LiSSA repeats: the R per-repeat solutions, R x Q x P floats, during the solve only
         (the records keep just their top-k overlap; the cache keeps the ``(R, n)`` scores).
 
-        ``record["diagnostics"]`` holds the solve-level values (solver, damping, ...) and, per
-        explained label of the record: ``relative_residual``, ``cached`` (read from the cache,
-        not solved) and, with LiSSA ``repeat > 1``, ``repeat_relative_spread`` and
-        ``topk_overlap`` (mean pairwise Jaccard similarity of the repeats' top-k sets, in [0, 1],
-        see :func:`hf_pairdots.stability.topk_overlap`).
+        ``record.diagnostics`` (:class:`~hf_pairdots.records.SolveDiagnostics`) holds the
+        solve-level values (``solve``: solver, damping, ...) and, per explained label of the
+        record: ``relative_residual``, ``cached`` (read from the cache, not solved) and, with
+        LiSSA ``repeat > 1``, ``repeat_relative_spread`` and ``topk_overlap`` (mean pairwise
+        Jaccard similarity of the repeats' top-k sets, in [0, 1], see
+        :func:`hf_pairdots.stability.topk_overlap`).
 
         Raises:
             ValueError: a query in which no word can be scored (empty, or every word deleted by
@@ -344,14 +343,14 @@ class Explainer:
             solved = broadcast_tensor(result.x)
             block = [solved]
             if self.repeats:  # (R, M, P) -> (R*M, P): scored in the same training pass as the mean
-                block.append(broadcast_tensor(result.diagnostics.pop("repeats")).flatten(0, 1))
+                block.append(broadcast_tensor(result.repeats).flatten(0, 1))
             all_scores = sharded_train_influence(self.objective, self.data, torch.cat(block)).cpu()
             m = len(missing)
             x[missing] = solved
             scores[missing] = all_scores[:m]
             if repeat_scores is not None:
                 repeat_scores[:, missing] = all_scores[m:].reshape(self.repeats, m, n)
-            [fresh] = broadcast_object(_row_metadata(result.diagnostics, m))
+            [fresh] = broadcast_object(_row_metadata(result))
             for j, r in enumerate(missing):
                 meta[r] = fresh[j]
             if self.cache is not None and is_main_process():
@@ -380,17 +379,17 @@ class Explainer:
                 return None
         return entry[0], entry[1], scores, repeat_scores
 
-    def _diagnostics(self, rows: list[dict], solved: SolvedRows, overlap: list[float] | None) -> dict:
+    def _diagnostics(self, rows: list[dict], solved: SolvedRows, overlap: list[float] | None) -> SolveDiagnostics:
         """A record's diagnostics: solve-level values, then one entry per explained label."""
         metas = [solved.meta[row["row"]] for row in rows]
-        out = dict(metas[0]["solve"])
-        if "iterations" in out:  # CG: rows read from the cache may come from different solves
-            out["iterations"] = [m["solve"]["iterations"] for m in metas]
-        out["relative_residual"] = [m["relative_residual"] for m in metas]
-        out["cached"] = [solved.cached[row["row"]] for row in rows]
+        solve = dict(metas[0]["solve"])
+        if "iterations" in solve:  # CG: rows read from the cache may come from different solves
+            solve["iterations"] = [m["solve"]["iterations"] for m in metas]
+        out = SolveDiagnostics(solve, relative_residual=[m["relative_residual"] for m in metas],
+                               cached=[solved.cached[row["row"]] for row in rows])
         if overlap is not None:
-            out["repeat_relative_spread"] = [m["repeat_relative_spread"] for m in metas]
-            out["topk_overlap"] = [overlap[row["row"]] for row in rows]
+            out.repeat_relative_spread = [m["repeat_relative_spread"] for m in metas]
+            out.topk_overlap = [overlap[row["row"]] for row in rows]
         return out
 
     def _rows(self, queries: Sequence[Query], encoded: list[EncodedText], probs: torch.Tensor) -> list[dict]:
@@ -458,7 +457,7 @@ class Explainer:
             out.update({(r, index): scores[j] for j, r in enumerate(rows)})
         return out
 
-    def _top_train(self, top, per_word_of: dict, r: int, s_test: torch.Tensor, role: str) -> list[dict]:
+    def _top_train(self, top, per_word_of: dict, r: int, s_test: torch.Tensor, role: str) -> list[TrainAttribution]:
         out = []
         edit_top_k = len(top.indices) if self.args.edit_top_k is None else self.args.edit_top_k
         for rank, (influence, index) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
@@ -467,17 +466,16 @@ class Explainer:
             scored = set(self._variants[index]["word_index"])  # the words Eq. 8 erased (have a token)
             values = per_word.tolist()
             word_scores = [x if t in scored else None for t, x in enumerate(values)]
-            entry = {"train_index": index, "text": text, "label": label, "label_name": self.label_names[label],
-                     "influence": influence, "words": text.split(), "word_influence": word_scores,
-                     "responsible_word": max(sorted(scored), key=values.__getitem__)}
+            entry = TrainAttribution(index, text, label, self.label_names[label], influence, text.split(), word_scores,
+                                     responsible_word=max(sorted(scored), key=values.__getitem__))
             if self.lexicon is not None and rank < edit_top_k:
-                entry["edit"] = self._edit(text, label, s_test, role, per_word, index)
+                entry.edit = self._edit(text, label, s_test, role, per_word, index)
             out.append(entry)
         return out
 
     def _edit(self, text: str, label: int, s_test: torch.Tensor, role: str, per_word: torch.Tensor,
-              index: int) -> dict:
-        """The proposed edit of one training example, as a JSON-ready dict (``reason`` when none)."""
+              index: int) -> ProposedEdit:
+        """The proposed edit of one training example (``reason`` when none)."""
         goal = EditGoal.for_role(self.args.edit, role)
         name = goal.name
         generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + index)
@@ -486,42 +484,31 @@ class Explainer:
                              generator=generator, eraser=self.args.eraser, max_length=self.args.max_length,
                              word_scores=per_word)
         if result.edit is None:
-            return {"objective": name, "reason": result.reason}
-        return result.edit.to_record(name)
+            return ProposedEdit(objective=name, reason=result.reason)
+        return result.edit.to_proposed(name)
 
     def _record(self, query: Query, encoded: EncodedText, probs: torch.Tensor, rows: list[dict],
-                diagnostics: dict) -> dict:
+                diagnostics: SolveDiagnostics) -> Explanation:
         predicted = int(probs.argmax())
-        return {
-            "query_index": query.index,
-            "text": query.text,
-            "gold": query.gold,
-            "gold_name": None if query.gold is None else self.label_names[query.gold],
-            "predicted": predicted,
-            "predicted_name": self.label_names[predicted],
-            "probabilities": probs.tolist(),
-            "words": encoded.words,
-            "truncated_words": encoded.truncated,
-            "labels": [{
-                "label": row["label"], "label_name": self.label_names[row["label"]], "role": row["role"],
-                "probability": row["saliency"].probability,
-                "saliency": row["saliency"].scores,
-                "salient_word": row["salient_word"],
-                "top_train": row["top_train"],
-            } for row in rows],
-            "diagnostics": diagnostics,
-        }
+        labels = [LabelExplanation(row["label"], self.label_names[row["label"]], row["role"],
+                                   row["saliency"].probability, row["saliency"].scores, row["salient_word"],
+                                   row["top_train"]) for row in rows]
+        return Explanation(query.index, query.text, query.gold,
+                           None if query.gold is None else self.label_names[query.gold], predicted,
+                           self.label_names[predicted], probs.tolist(), encoded.words, encoded.truncated, labels,
+                           diagnostics)
 
 
-def _row_metadata(diagnostics: dict, num_rows: int) -> list[dict]:
-    """Split a solve's diagnostics into JSON metadata per row: ``relative_residual``, ``solve``
-    (the solve-level values) and, with repeats, ``repeat_relative_spread``."""
-    solve = {k: diagnostics[k] for k in sorted(diagnostics) if k not in _ROW_DIAGNOSTICS}  # sorted, as read back
+def _row_metadata(result) -> list[dict]:
+    """Split a solve's :class:`~hf_pairdots.ihvp.IHVPResult` into JSON metadata per row:
+    ``relative_residual``, ``solve`` (the solve-level values, keys sorted as the cache reads
+    them back) and, with repeats, ``repeat_relative_spread``."""
+    solve = {k: result.diagnostics[k] for k in sorted(result.diagnostics)}
     out = []
-    for j in range(num_rows):
-        row = {"relative_residual": float(diagnostics["relative_residual"][j]), "solve": solve}
-        if "repeat_relative_spread_per_query" in diagnostics:
-            row["repeat_relative_spread"] = float(diagnostics["repeat_relative_spread_per_query"][j])
+    for j, residual in enumerate(result.relative_residual):
+        row = {"relative_residual": float(residual), "solve": solve}
+        if result.repeat_relative_spread is not None:
+            row["repeat_relative_spread"] = float(result.repeat_relative_spread[j])
         out.append(row)
     return out
 

@@ -63,14 +63,31 @@ def check_positive_definite(lambda_min: float, damping: float) -> None:
 class IHVPResult:
     """Solution of (H + λI) x = v for Q right-hand sides.
 
+    The values of the whole solve are in :attr:`diagnostics` (JSON-ready scalars and short lists);
+    what has one value per row, and the tensors, are fields of their own.
+
     Attributes:
         x: ``(Q, P)`` solutions (``s_test`` when v = ∇θ m), on ``v``'s device.
-        diagnostics: solver name, damping, scale, depth/iterations, relative residual
-            ||(H + λI)x - v|| / ||v|| per query (full-data Hessian), and, for LiSSA, the norm trace.
+        diagnostics: the solve-level values: ``solver``, ``damping``, and per solver ``scale``,
+            ``depth``, ``repeat`` (LiSSA), ``iterations`` (CG, refined low rank), ``rank`` and
+            ``kept_eigenvalues`` (low rank), and the eigenvalue estimates when
+            :func:`hf_pairdots.solve.compute_s_test` made them. Nothing per row, no tensor.
+        relative_residual: Q floats ||(H + λI)x_q - v_q|| / ||v_q||, set by
+            :func:`hf_pairdots.solve.compute_s_test` (``None`` from a bare solver).
+        repeat_relative_spread: LiSSA with ``repeat > 1``: Q floats, sqrt(mean_r ||x_r - x̄||²) / ||x̄||
+            per row (the standard deviation of the repeats relative to their mean); else ``None``.
+        repeats: LiSSA with ``keep_repeats``: the ``(R, Q, P)`` per-repeat solutions on ``v``'s
+            device; else ``None``.
+        norm_trace: LiSSA: max_q ||h_t|| / ||v_q|| every ``check_every`` steps (all repeats in
+            turn); else ``None``.
     """
 
     x: Tensor
     diagnostics: dict = field(default_factory=dict)
+    relative_residual: list[float] | None = None
+    repeat_relative_spread: list[float] | None = None
+    repeats: Tensor | None = None
+    norm_trace: list[float] | None = None
 
 
 def lissa(hvp_sample: Callable[[Tensor, int], Tensor], v: Tensor, *, damping: float, scale: float,
@@ -94,17 +111,17 @@ def lissa(hvp_sample: Callable[[Tensor, int], Tensor], v: Tensor, *, damping: fl
         hvp_sample: ``(V (Q, P), step) -> H_step V``, the stochastic HVP.
         v: ``(Q, P)`` right-hand sides.
         damping: λ ≥ 0; scale: σ > 0; depth: T ≥ 1; repeat: R ≥ 1 independent runs.
-        keep_repeats: also return the R per-repeat solutions x_r as ``diagnostics["repeats"]``,
-            a ``(R, Q, P)`` tensor on ``v``'s device (memory R x Q x P floats; a tensor, so drop it before writing
-            diagnostics as JSON). Feed it to :func:`hf_pairdots.stability.topk_overlap` through
-            the training-side scores.
+        keep_repeats: also return the R per-repeat solutions x_r as :attr:`IHVPResult.repeats`,
+            a ``(R, Q, P)`` tensor on ``v``'s device (memory R x Q x P floats). Feed it to
+            :func:`hf_pairdots.stability.topk_overlap` through the training-side scores.
 
     Returns:
-        :class:`IHVPResult`. With ``repeat > 1`` the diagnostics hold the agreement of the
-        repeats: ``repeat_relative_spread`` = mean over queries of
+        :class:`IHVPResult` (diagnostics ``solver``, ``damping``, ``scale``, ``depth``, ``repeat``;
+        :attr:`~IHVPResult.norm_trace`). With ``repeat > 1``,
+        :attr:`~IHVPResult.repeat_relative_spread` holds the agreement of the repeats per query:
         sqrt(mean_r ||x_r - x̄||²) / ||x̄|| (the standard deviation across repeats relative to
-        their mean; 0 for a deterministic HVP) and ``repeat_relative_spread_per_query`` (Q
-        floats). It is computed online (Welford), with one extra ``(Q, P)`` buffer.
+        their mean; 0 for a deterministic HVP), computed online (Welford), with one extra
+        ``(Q, P)`` buffer.
         Cost: depth x repeat stochastic HVPs (each ≈ 2-3 backward passes of a mini-batch, Q
         vectors at once).
 
@@ -154,15 +171,12 @@ def lissa(hvp_sample: Callable[[Tensor, int], Tensor], v: Tensor, *, damping: fl
             if keep_repeats:
                 repeats.append(x_r)
     x = total / (repeat * scale)
-    diagnostics = {"solver": "lissa", "damping": damping, "scale": scale, "depth": depth,
-                   "repeat": repeat, "norm_trace": trace}
+    diagnostics = {"solver": "lissa", "damping": damping, "scale": scale, "depth": depth, "repeat": repeat}
+    spread = None
     if repeat > 1:
-        spread = (sq.clamp_min(0) / repeat).sqrt() / mean.norm(dim=1).clamp_min(torch.finfo(v.dtype).tiny)
-        diagnostics["repeat_relative_spread"] = float(spread.mean())
-        diagnostics["repeat_relative_spread_per_query"] = spread.tolist()
-    if keep_repeats:
-        diagnostics["repeats"] = torch.stack(repeats)
-    return IHVPResult(x, diagnostics)
+        spread = ((sq.clamp_min(0) / repeat).sqrt() / mean.norm(dim=1).clamp_min(torch.finfo(v.dtype).tiny)).tolist()
+    return IHVPResult(x, diagnostics, repeat_relative_spread=spread,
+                      repeats=torch.stack(repeats) if keep_repeats else None, norm_trace=trace)
 
 
 def conjugate_gradient(hvp: HVP, v: Tensor, *, damping: float, tol: float = 1e-6, max_iter: int = 200,

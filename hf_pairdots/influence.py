@@ -177,7 +177,7 @@ def self_influence(objective: TrainLoss, data: PreparedData, options: SolverArgu
     for index, gradients in _gradient_blocks(objective, data, block, wanted):
         result = compute_s_test(objective, data, gradients, options, residual_examples)
         scores[index] = (gradients * result.x).sum(1).cpu()
-        residuals += result.diagnostics["relative_residual"]
+        residuals += result.relative_residual
     diagnostics = {"solver": options.solver, "damping": options.damping, **estimates, "block_rows": block,
                    "max_relative_residual": max(residuals, default=0.0)}
     return SelfInfluence(scores if wanted is None else scores[wanted], diagnostics)

@@ -23,14 +23,15 @@ outlined in the side's colour. Hovering a word shows its score; words with null 
 from __future__ import annotations
 
 import json
-import math
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import datasets
 from jinja2 import Environment, PackageLoader
 
 from .io import atomic_replace_dir, atomic_write_text
+from .records import Explanation, LabelExplanation, as_explanation, check_finite
 
 JSONL_NAME = "explanations.jsonl"
 REPORT_NAME = "report.html"
@@ -45,17 +46,13 @@ NEGATIVE = (96, 125, 160)  # blue-grey, for negative scores on either side
 _ENV = Environment(loader=PackageLoader("hf_pairdots", "templates"), autoescape=True)
 
 
-def check_json_safe(value, field: str = "record") -> None:
-    """Raise ValueError naming the field (e.g. `record.labels[0].saliency[2]`) of the first
-    NaN or infinite float inside nested dicts/lists `value`."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{field} is {value}; explanation records must hold finite floats only")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            check_json_safe(item, f"{field}.{key}")
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            check_json_safe(item, f"{field}[{i}]")
+check_json_safe = check_finite
+"""Old name of :func:`hf_pairdots.records.check_finite` (kept as an alias)."""
+
+
+def _as_dict(record: Explanation | Mapping) -> dict:
+    """The JSON dict of a record (typed records through ``to_dict``)."""
+    return record.to_dict() if isinstance(record, Explanation) else dict(record)
 
 
 class ExplanationStore:
@@ -67,7 +64,8 @@ class ExplanationStore:
     a query_index occurs more than once the last line wins. If either happened, the file is
     rewritten atomically without them, so the file on disk is clean before any new append.
     An unparsable line that is not the last one is real corruption: ValueError naming the line.
-    One writer per file; the store keeps the records in memory.
+    One writer per file; the store keeps the records in memory, as the JSON dicts of the file
+    (:meth:`records`) and typed (:meth:`explanations`).
     """
 
     def __init__(self, output_dir: str | os.PathLike):
@@ -101,10 +99,12 @@ class ExplanationStore:
         """query_index of every record already stored."""
         return set(self._records)
 
-    def append(self, record: dict) -> None:
-        """Store one record (ARCHITECTURE.md schema). A record whose query_index is already
+    def append(self, record: Explanation | dict) -> None:
+        """Store one record (an :class:`~hf_pairdots.records.Explanation`, or its JSON dict:
+        ARCHITECTURE.md schema). A record whose query_index is already
         stored replaces the old one. ValueError if query_index is missing or not an int, or
         if any float is NaN/inf (the message names the field); nothing is written then."""
+        record = _as_dict(record)
         index = record.get("query_index")
         if not isinstance(index, int) or isinstance(index, bool):
             raise ValueError(f"record.query_index must be an int, got {index!r}")
@@ -117,15 +117,24 @@ class ExplanationStore:
         self._records[index] = record
 
     def records(self) -> list[dict]:
-        """All stored records, one per query_index, sorted by query_index."""
+        """All stored records as JSON dicts (the lines of the file), one per query_index, sorted
+        by query_index."""
         return [self._records[i] for i in sorted(self._records)]
+
+    def explanations(self) -> list[Explanation]:
+        """:meth:`records` as typed :class:`~hf_pairdots.records.Explanation` records.
+
+        Raises:
+            ValueError: a stored record lacks a field of the schema (named).
+        """
+        return [Explanation.from_dict(record) for record in self.records()]
 
 
 def _json_line(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
 
 
-def write_dataset(records: list[dict], path: str | os.PathLike) -> datasets.Dataset:
+def write_dataset(records: Iterable[Explanation | dict], path: str | os.PathLike) -> datasets.Dataset:
     """Save `records` as a `datasets.Dataset` at directory `path` (`save_to_disk`, one shard),
     replacing any previous one; the new copy is built in a sibling temp directory and swapped
     in (`hf_pairdots.io.atomic_replace_dir`, with rollback), so `path` never holds a half-written
@@ -133,6 +142,7 @@ def write_dataset(records: list[dict], path: str | os.PathLike) -> datasets.Data
     keys; nested lists/dicts become Arrow lists/structs, null scores stay None, a key missing
     from one record's nested dict loads as None. Zero records give an empty dataset with a
     single `query_index` column. ValueError on NaN/inf. Returns the in-memory dataset."""
+    records = [_as_dict(record) for record in records]
     for record in records:
         check_json_safe(record)
     if records:
@@ -169,23 +179,23 @@ def _shade(words: list[str], scores: list[float | None], top: int, colour) -> li
     return shaded
 
 
-def _label_view(record: dict, entry: dict) -> dict:
-    test_colour, train_colour = PALETTES[entry["role"]]
+def _label_view(record: Explanation, entry: LabelExplanation) -> dict:
+    test_colour, train_colour = PALETTES[entry.role]
     train = [
         {
             "rank": rank,
-            "train_index": t["train_index"],
-            "label_name": t["label_name"],
-            "influence": f"{t['influence']:.3g}",
-            "words": _shade(t["words"], t["word_influence"], t["responsible_word"], train_colour),
+            "train_index": t.train_index,
+            "label_name": t.label_name,
+            "influence": f"{t.influence:.3g}",
+            "words": _shade(t.words, t.word_influence, t.responsible_word, train_colour),
         }
-        for rank, t in enumerate(entry["top_train"], start=1)
+        for rank, t in enumerate(entry.top_train, start=1)
     ]
     return {
-        "role": entry["role"],
-        "label_name": entry["label_name"],
-        "probability": f"{entry['probability']:.3f}",
-        "words": _shade(record["words"], entry["saliency"], entry["salient_word"], test_colour),
+        "role": entry.role,
+        "label_name": entry.label_name,
+        "probability": f"{entry.probability:.3f}",
+        "words": _shade(record.words, entry.saliency, entry.salient_word, test_colour),
         "train": train,
     }
 
@@ -201,7 +211,7 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def render_html(records: list[dict], meta: dict, suspicious: list[dict] | None = None) -> str:
+def render_html(records: Iterable[Explanation | dict], meta: dict, suspicious: list[dict] | None = None) -> str:
     """The report page as a string: a header table of `meta` (any keys, e.g. model,
     dataset, subsample sizes, solver diagnostics, timings, accuracies), an index of queries,
     then per query the Table 2 view (predicted side, gold side, top-k training examples).
@@ -210,21 +220,21 @@ def render_html(records: list[dict], meta: dict, suspicious: list[dict] | None =
     self_influence) adds a section "Training examples the model finds suspicious" at the end,
     with `meta["suspicious"]` (its diagnostics, and the warning when the dev-loss ranking
     disagrees) shown there instead of in the header table; `None` (default) changes nothing.
-    ValueError if a record's words and scores differ in length; KeyError if a schema field
-    is missing; role must be "predicted" or "gold"."""
+    Records are typed or JSON dicts (:func:`~hf_pairdots.records.as_explanation`).
+    ValueError if a record's words and scores differ in length or a schema field is missing
+    (named); KeyError unless role is "predicted" or "gold"."""
     queries = []
-    for record in sorted(records, key=lambda r: r["query_index"]):
-        probs = record["probabilities"]
+    for record in sorted(map(as_explanation, records), key=lambda r: r.query_index):
+        probs = record.probabilities
         queries.append(
             {
-                "index": record["query_index"],
-                "text": record["text"],
-                "gold": "unlabelled" if record["gold"] is None
-                else f"{record['gold_name']} ({probs[record['gold']]:.3f})",
-                "predicted": f"{record['predicted_name']} ({probs[record['predicted']]:.3f})",
-                "truncated_words": record.get("truncated_words", 0),
-                "diagnostics": _fmt(record.get("diagnostics", {})),
-                "labels": [_label_view(record, entry) for entry in record["labels"]],
+                "index": record.query_index,
+                "text": record.text,
+                "gold": "unlabelled" if record.gold is None else f"{record.gold_name} ({probs[record.gold]:.3f})",
+                "predicted": f"{record.predicted_name} ({probs[record.predicted]:.3f})",
+                "truncated_words": record.truncated_words,
+                "diagnostics": _fmt(record.diagnostics.to_dict()),
+                "labels": [_label_view(record, entry) for entry in record.labels],
             }
         )
     meta_rows = [(str(k), _fmt(v)) for k, v in meta.items() if suspicious is None or k != "suspicious"]
@@ -241,7 +251,7 @@ def _suspicious_view(examples: list[dict], diagnostics: dict) -> dict:
     return {"rows": rows, "warning": diagnostics.get("warning"), "diagnostics": _fmt(rest)}
 
 
-def write_report(output_dir: str | os.PathLike, records: list[dict], meta: dict,
+def write_report(output_dir: str | os.PathLike, records: Iterable[Explanation | dict], meta: dict,
                  suspicious: list[dict] | None = None) -> Path:
     """Write `<output_dir>/report.html` atomically (see `render_html`) and return its path.
     The jsonl and the dataset are the caller's, through `ExplanationStore`/`write_dataset`."""

@@ -120,16 +120,16 @@ def compute_s_test(objective: TrainLoss, data: PreparedData, v: Tensor, options:
 
     ``v`` may live on any device; it is moved to the parameters' device, where the whole solve
     runs. Returns an :class:`~hf_pairdots.ihvp.IHVPResult` with ``x`` of shape ``(Q, P)`` on the
-    parameters' device (so are the per-repeat solutions below) and diagnostics holding λ, σ,
-    the eigenvalue estimates (when made here: for automatic damping or scale, or to check a
-    user-set damping) and, per query, the relative residual
+    parameters' device (so are the per-repeat solutions below), ``diagnostics`` holding the
+    solve-level values (solver, λ, σ, ..., and the eigenvalue estimates when made here: for
+    automatic damping or scale, or to check a user-set damping) and, per query,
+    :attr:`~hf_pairdots.ihvp.IHVPResult.relative_residual`
     ||(H + λI)s - v|| / ||v||, measured with the full-data Hessian for row-wise (cached) data and
     otherwise with the Hessian of ``residual_examples`` sampled training examples (all when the
     data is smaller; a sample's own Hessian differs from H, so read that value as an upper
-    bound blurred by sampling). With LiSSA
-    and ``options.keep_repeats`` also ``diagnostics["repeats"]``, the ``(R, Q, P)`` per-repeat
-    solutions (a tensor: drop it before writing the diagnostics as JSON), for the top-k
-    stability of :mod:`hf_pairdots.stability`.
+    bound blurred by sampling). With LiSSA and ``options.keep_repeats`` also
+    :attr:`~hf_pairdots.ihvp.IHVPResult.repeats`, the ``(R, Q, P)`` per-repeat solutions, for
+    the top-k stability of :mod:`hf_pairdots.stability`.
 
     Each row is solved independently of the others: LiSSA's mini-batches are drawn from a
     generator seeded by ``options.seed`` whatever Q is, and so is the residual's sample, so row q
@@ -188,8 +188,9 @@ def compute_s_test(objective: TrainLoss, data: PreparedData, v: Tensor, options:
     # made even an exact CG solve read 0.14-0.17 on MiniLM (all rows: < 1e-4).
     check = data.batches if data.rowwise else data.sample(torch.Generator().manual_seed(options.seed + 1),
                                                           residual_examples)
-    result.diagnostics["relative_residual"] = ihvp.relative_residual(
+    result.relative_residual = ihvp.relative_residual(
         lambda u: mean_hvp(objective, check, u), result.x, v, options.damping)
     if not torch.isfinite(result.x).all():
-        raise FloatingPointError(f"s_test is not finite ({options.solver}); see the diagnostics: {result.diagnostics}")
+        raise FloatingPointError(f"s_test is not finite ({options.solver}); see the diagnostics: {result.diagnostics}, "
+                                 f"relative residual {result.relative_residual}")
     return result

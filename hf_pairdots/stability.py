@@ -4,7 +4,7 @@ LiSSA is stochastic: each of its R repeats (``SolverArguments.repeat``) draws it
 :func:`hf_pairdots.ihvp.lissa` reports how far the repeats' s_test estimates are apart
 (``repeat_relative_spread``); what a reader sees, though, is the top-k list of training examples.
 :func:`topk_overlap` measures whether that list survives the solver noise: score the training set
-with every repeat's s_test (``lissa(..., keep_repeats=True)`` -> ``diagnostics["repeats"]``,
+with every repeat's s_test (``lissa(..., keep_repeats=True)`` -> ``IHVPResult.repeats``,
 then ``train_influence`` once per repeat) and compare the top-k sets. Pure functions, no state.
 """
 

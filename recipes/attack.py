@@ -3,7 +3,7 @@
 Train the base model once (seed = first seed), explain ``num_queries`` test examples with
 ``edit="attack"`` (gold row: ↓I(z, w_y); runner-up row: ↑I(z, w_y'); synonyms only); for each
 objective (attack_down, attack_up, attack_combined) and k, replace k training examples per query
-by their edits (``collect_edits`` + ``apply_edits``), retrain from the same starting weights, and
+by their edits (``hf_pairdots.pipeline.apply_explanations``), retrain from the same starting weights, and
 report accuracy on the queried test examples, next to the random-substitution baseline with the
 same budget (``random_baseline``: the same training rows, random words and synonyms; for the
 objectives in the config's ``random_baselines``, default all) and the unedited model, over
@@ -36,14 +36,16 @@ def get_dataloaders(config: dict):
     return train, dev, queries, names, spec
 
 
-def explain_queries(config: dict, model, tokenizer, train, queries, out: Path) -> list[dict]:
-    return common.explain_with_edits(config, model, tokenizer, train, queries, out, mode="attack", selection="all",
-                                     objective="attack_combined", top_k=max(config["ks"]) + 2)
+def explain_queries(config: dict, model, tokenizer, train, queries, out: Path) -> list:
+    """The typed explanation records of the attacked queries, with edits for both attack goals."""
+    return common.explain_with_edits(config, model, tokenizer, train, queries, out, selection="all",
+                                     objective="attack_combined", per_query=max(config["ks"])).explanations
 
 
 def training_function(config: dict, args) -> dict:
-    from hf_pairdots.augment.dataset import apply_edits, collect_edits, random_baseline
+    from hf_pairdots.augment.dataset import apply_edits, random_baseline
     from hf_pairdots.augment.lexicon import ensure_wordnet
+    from hf_pairdots.pipeline import apply_explanations
 
     ensure_wordnet()
     out = Path(args.out or f"runs/attack-{config['config_name']}")
@@ -91,8 +93,9 @@ def training_function(config: dict, args) -> dict:
             for k in ks:
                 if finished(objective, k, seed):
                     continue
-                edits = collect_edits(records, train, objective, per_query=k, seed=seeds[0]).dataset
-                run(objective, k, seed, apply_edits(train, edits), len(edits),
+                collection, edited = apply_explanations(records, train, objective, per_query=k, seed=seeds[0])
+                edits = collection.dataset
+                run(objective, k, seed, edited, len(edits),
                     f"{objective}: up to {k} training examples per queried test example replaced by a one-word "
                     "WordNet synonym substitution chosen by influence on saliency (two-stage search, Eq. 9-12)")
                 if objective not in controlled:

@@ -146,22 +146,24 @@ def evaluate_model(model, tokenizer, dataset, config: dict) -> float:
 
 # --------------------------------------------------------------------------- results
 
-def explain_with_edits(config: dict, model, tokenizer, train, queries, out: Path, *, mode: str, selection: str,
-                       objective: str, top_k: int) -> list[dict]:
-    """Explain ``queries`` against ``train`` with the two-stage edit search of ``mode`` ("attack" or
-    "fix"), resumably under ``out``; returns the explanation records sorted by query index."""
+def explain_with_edits(config: dict, model, tokenizer, train, queries, out: Path, *, selection: str, objective: str,
+                       per_query: int):
+    """Explain ``queries`` against ``train`` with the two-stage edit search of ``objective``,
+    resumably under ``out``, and collect and apply up to ``per_query`` edits per query
+    (:func:`hf_pairdots.pipeline.augment_training_set`; ``top_k`` from the config, else the
+    pipeline's rule for ``per_query``). Returns its
+    :class:`~hf_pairdots.pipeline.AugmentedTrainingSet`; other budgets k ≤ ``per_query`` come from
+    :func:`hf_pairdots.pipeline.apply_explanations` of its ``explanations``."""
     from hf_pairdots.arguments import ExplainArguments
-    from hf_pairdots.augment.dataset import explain_labels
-    from hf_pairdots.callback import explain_dataset
-    from hf_pairdots.report import ExplanationStore
+    from hf_pairdots.pipeline import augment_training_set
 
     options = {key: config[key] for key in CONFIG_OPTIONS if config.get(key) is not None}
-    args = ExplainArguments.from_flat({**options, "queries": selection, "max_queries": config["num_queries"],
-                                       "labels": explain_labels(objective), "top_k": config.get("top_k") or top_k,
-                                       "max_length": config["max_length"], "edit": mode, "seed": config["seeds"][0]})
-    summary = explain_dataset(model, tokenizer, train, queries, args, out, show_progress=config.get("show_progress", False))
-    print(f"[{mode}] explained {summary['queries']} queries in {summary['seconds']} s", flush=True)
-    return sorted(ExplanationStore(out).records(), key=lambda r: r["query_index"])
+    base = ExplainArguments.from_flat({**options, "queries": selection, "max_queries": config["num_queries"],
+                                       "max_length": config["max_length"], "seed": config["seeds"][0]})
+    made = augment_training_set(model, tokenizer, train, queries, out, objective=objective, per_query=per_query,
+                                args=base, top_k=config.get("top_k"), show_progress=config.get("show_progress", False))
+    print(f"[{made.args.edit}] explained {made.summary['queries']} queries in {made.summary['seconds']} s", flush=True)
+    return made
 
 
 def setting_key(objective: str, k: int, seed: int) -> str:

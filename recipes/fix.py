@@ -3,7 +3,7 @@
 Train the base model once (seed = first seed), explain up to ``num_queries`` dev
 misclassifications with ``edit="fix"`` (gold row: ↑I(z, w_y); wrong-label row: ↓I(z, w_y');
 synonyms and antonyms); for k in 0..K add k fixing examples per explained dev error
-(``collect_edits(..., "fix")`` + ``apply_edits``: rows are added), retrain from the same starting
+(``hf_pairdots.pipeline.apply_explanations(..., "fix")``: rows are added), retrain from the same starting
 weights and report dev and test accuracy, next to the random baseline with the same number of
 added examples, over several seeds; plot the Figure-2 curves for dev and test.
 
@@ -30,14 +30,16 @@ def get_dataloaders(config: dict):
     return common.load_splits(config)
 
 
-def explain_errors(config: dict, model, tokenizer, train, dev, out: Path) -> list[dict]:
-    return common.explain_with_edits(config, model, tokenizer, train, dev, out, mode="fix", selection="misclassified",
-                                     objective="fix", top_k=max(config["ks"]) + 2)
+def explain_errors(config: dict, model, tokenizer, train, dev, out: Path) -> list:
+    """The typed explanation records of the dev misclassifications, with fixing edits."""
+    return common.explain_with_edits(config, model, tokenizer, train, dev, out, selection="misclassified",
+                                     objective="fix", per_query=max(config["ks"])).explanations
 
 
 def training_function(config: dict, args) -> dict:
-    from hf_pairdots.augment.dataset import apply_edits, collect_edits, random_baseline
+    from hf_pairdots.augment.dataset import apply_edits, random_baseline
     from hf_pairdots.augment.lexicon import ensure_wordnet
+    from hf_pairdots.pipeline import apply_explanations
 
     ensure_wordnet()
     out = Path(args.out or f"runs/fix-{config['config_name']}")
@@ -77,8 +79,9 @@ def training_function(config: dict, args) -> dict:
         for k in ks:
             if results.done("fix", k, seed) and results.done("random:fix", k, seed):
                 continue
-            edits = collect_edits(records, train, "fix", per_query=k, seed=seeds[0]).dataset
-            run("fix", k, seed, apply_edits(train, edits), len(edits),
+            collection, edited = apply_explanations(records, train, "fix", per_query=k, seed=seeds[0])
+            edits = collection.dataset
+            run("fix", k, seed, edited, len(edits),
                 f"fix: up to {k} edited copies of the training examples most responsible for each explained dev "
                 "misclassification added (one WordNet synonym/antonym substitution each, chosen by influence on "
                 "saliency: ↑I(z, w_y) / ↓I(z, w_y'), Eq. 9-12); the edited examples keep their training labels")

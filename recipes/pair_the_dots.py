@@ -35,11 +35,11 @@ import torch  # noqa: E402
 from transformers import DataCollatorWithPadding, HfArgumentParser, Trainer, TrainingArguments  # noqa: E402
 
 from hf_pairdots.arguments import ExplainArguments, options_dataclass  # noqa: E402
-from hf_pairdots.augment.dataset import apply_edits, edits_dataset  # noqa: E402
 from hf_pairdots.augment.lexicon import ensure_wordnet  # noqa: E402
 from hf_pairdots.callback import PairDotsCallback  # noqa: E402
 from hf_pairdots.data import load_text_classification, subsample  # noqa: E402
 from hf_pairdots.models import load_classifier, load_tokenizer  # noqa: E402
+from hf_pairdots.pipeline import apply_explanations, edit_arguments  # noqa: E402
 from hf_pairdots.report import ExplanationStore, write_report  # noqa: E402
 from hf_pairdots.training import accuracy, tokenize_dataset, train_classifier  # noqa: E402
 
@@ -123,8 +123,8 @@ def main(argv=None) -> dict:
         print(f"[pairdots] data {a.data}: train subsample {len(train)} of {len(data['train'])} (seed {a.seed}), "
               f"dev {len(dev)}, test {len(test)}; model {a.model or 'packaged MiniLM-L6'}")
 
-    explain_args = ExplainArguments.from_flat({**options, "edit": "fix", "edit_top_k": a.fix_per_query,
-                                               "max_candidates": 10})
+    explain_args = edit_arguments("fix", a.fix_per_query, ExplainArguments.from_flat(
+        {**options, "edit_top_k": a.fix_per_query, "max_candidates": 10}), top_k=a.top_k)
     callback = PairDotsCallback(dev, train_dataset=train, tokenizer=tokenizer, args=explain_args)
     trainer_args = TrainingArguments(output_dir=str(out / "trainer"), num_train_epochs=a.epochs,
                                      learning_rate=a.learning_rate, per_device_train_batch_size=16, warmup_steps=0.06,
@@ -141,15 +141,16 @@ def main(argv=None) -> dict:
                   "test": accuracy(model, tokenizer, test, max_length=a.max_length)}
 
     explain_dir = out / "trainer" / explain_args.output_subdir
-    records = ExplanationStore(explain_dir).records()
-    augmented = edits_dataset(records, train, "fix", per_query=a.fix_per_query, seed=a.seed)
+    records = ExplanationStore(explain_dir).explanations()
+    collection, augmented_train = apply_explanations(records, train, "fix", per_query=a.fix_per_query, seed=a.seed)
+    augmented = collection.dataset
     augmented.save_to_disk(str(out / "augmented"))
     print(f"[pairdots] {len(augmented)} fixing examples from {len(records)} explained dev errors -> {out / 'augmented'}")
 
     results = {"trainer": before}
     for name, extra in (("retrain: train only", None), ("retrain: train + fixing examples", augmented)):
         with timer.stage(name):
-            rows = train if extra is None else apply_edits(train, extra)
+            rows = train if extra is None else augmented_train
             retrained = train_classifier(initial_model(), tokenizer, rows,
                                          epochs=a.epochs, learning_rate=a.learning_rate, max_length=a.max_length,
                                          seed=a.seed)

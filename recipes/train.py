@@ -294,7 +294,7 @@ def training_function(config: dict, args) -> dict:
     if model_saved(out, config):
         from accelerate import PartialState
 
-        from hf_pairdots.callback import explain_dataset
+        from hf_pairdots.pipeline import explain_dataset
 
         PartialState()  # joins the process group under `accelerate launch`: every rank explains its shard
         say(f"[train] model already trained and saved in {out}: loading it, explaining what is left")

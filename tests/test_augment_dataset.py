@@ -70,8 +70,11 @@ def item(lexicon, index: int, objective: str, seed: int = 0, change: float = -0.
 
 
 def record(query_index: int, gold: int, predicted: int, rows: list[tuple[str, int, list[dict]]]) -> dict:
-    return {"query_index": query_index, "text": "q", "gold": gold, "predicted": predicted,
-            "labels": [{"role": role, "label": label, "top_train": items} for role, label, items in rows]}
+    """An explanation record (JSON dict) of the one-word query "q" with the given label rows."""
+    return {"query_index": query_index, "text": "q", "gold": gold, "gold_name": NAMES[gold], "predicted": predicted,
+            "predicted_name": NAMES[predicted], "probabilities": [0.5, 0.5], "words": ["q"],
+            "labels": [{"role": role, "label": label, "label_name": NAMES[label], "probability": 0.5,
+                        "saliency": [1.0], "salient_word": 0, "top_train": items} for role, label, items in rows]}
 
 
 # ---------------------------------------------------------------------------------- selection

@@ -193,8 +193,8 @@ def test_s_test_and_scores(meta_model, tok, solver, fixed_lanczos):
         assert _on(v) and v.shape == (2, objective.params.numel)
         result = compute_s_test(objective, data, v.cpu(), SolverOptions(**{**SOLVER, **solver}), residual_examples=4)
         assert _on(result.x)
-        if "repeats" in result.diagnostics:
-            assert _on(result.diagnostics["repeats"])
+        if result.repeats is not None:
+            assert _on(result.repeats)
         for scores in (train_influence(objective, data, result.x), train_influence(objective, data, result.x.cpu()),
                        train_influence_by_gradients(objective, data, result.x)):
             assert _on(scores, "cpu") and scores.shape == (2, len(TRAIN))
@@ -237,7 +237,7 @@ def test_explainer_records_are_plain_json(meta_model, tok, lexicon, fixed_lanczo
         assert _on(solved.x) and _on(solved.scores, "cpu") and _on(solved.repeat_scores, "cpu")
         records = explainer.explain([Query(0, "a good fun movie", 0), Query(1, "a dull plot", 1)])
     assert len(records) == 2
-    json.dumps(records)  # no tensor (of any device) inside
+    json.dumps([record.to_dict() for record in records])  # no tensor (of any device) inside
 
 
 def test_explain_dataset_on_the_models_device(meta_model, tok, tmp_path, fixed_lanczos):
@@ -261,7 +261,7 @@ def test_lissa_buffers_follow_v():
     with strict_meta():
         v = torch.ones(3, 5, device=META)
         result = ihvp.lissa(lambda h, t: 0.5 * h, v, damping=0.1, scale=2.0, depth=3, repeat=2, keep_repeats=True)
-        assert _on(result.x) and _on(result.diagnostics["repeats"])
+        assert _on(result.x) and _on(result.repeats)
 
 
 def test_exact_and_lowrank_solves_on_vs_device():

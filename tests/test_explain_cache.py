@@ -57,8 +57,8 @@ def solves(monkeypatch):
     def counted_solve(objective, data, v, options, **kwargs):
         log["rows"].append(v.shape[0])
         result = solve(objective, data, v, options, **kwargs)
-        if "repeats" in result.diagnostics:
-            log["repeats"].append((v.clone(), result.diagnostics["repeats"].clone()))
+        if result.repeats is not None:
+            log["repeats"].append((v.clone(), result.repeats.clone()))
         return result
 
     def counted_score(*args):
@@ -71,14 +71,14 @@ def solves(monkeypatch):
 
 
 def _without_cached(records):
-    out = json.loads(json.dumps(records))  # also: the records are JSON (no tensors inside)
+    out = json.loads(json.dumps([r.to_dict() for r in records]))  # also: the records are JSON (no tensors)
     for record in out:
         record["diagnostics"].pop("cached")
     return out
 
 
 def _influences(records):
-    return torch.tensor([e["influence"] for r in records for lab in r["labels"] for e in lab["top_train"]])
+    return torch.tensor([e.influence for r in records for lab in r.labels for e in lab.top_train])
 
 
 def test_second_explain_solves_nothing_and_returns_the_same_records(model, tok, queries, solves, tmp_path):
@@ -86,22 +86,22 @@ def test_second_explain_solves_nothing_and_returns_the_same_records(model, tok, 
     args = _args(tmp_path, damping=None, scale=None)
     first = Explainer(model, tok, TRAIN, LABELS, args).explain(queries)
     assert solves["rows"] == [6] and solves["train_passes"] == 1  # 3 queries x 2 labels, one solve
-    assert all(r["diagnostics"]["cached"] == [False, False] for r in first)
-    assert all(max(r["diagnostics"]["relative_residual"]) < 0.03 for r in first)  # converged: ~1 %
+    assert all(r.diagnostics.cached == [False, False] for r in first)
+    assert all(max(r.diagnostics.relative_residual) < 0.03 for r in first)  # converged: ~1 %
     assert len(list(tmp_path.glob("*.safetensors"))) == 12  # s_test + scores per row
 
     again = Explainer(model, tok, TRAIN, LABELS, args)
     second = again.explain(queries)
     assert solves["rows"] == [6] and solves["train_passes"] == 1  # no solve, no training pass
-    assert all(r["diagnostics"]["cached"] == [True, True] for r in second)
+    assert all(r.diagnostics.cached == [True, True] for r in second)
     assert _without_cached(second) == _without_cached(first)  # bit for bit, diagnostics included
-    assert second[0]["diagnostics"]["damping"] == again.solver.damping == pytest.approx(3.56, rel=0.02)
+    assert second[0].diagnostics.damping == again.solver.damping == pytest.approx(3.56, rel=0.02)
 
     # top_k is not in the key: a smaller top-k reads the same scores and keeps their ranking.
     top2 = Explainer(model, tok, TRAIN, LABELS, dataclasses.replace(args, top_k=2)).explain(queries)
     assert solves["rows"] == [6]
-    assert [e["train_index"] for e in top2[1]["labels"][0]["top_train"]] == \
-        [e["train_index"] for e in first[1]["labels"][0]["top_train"][:2]]
+    assert [e.train_index for e in top2[1].labels[0].top_train] == \
+        [e.train_index for e in first[1].labels[0].top_train[:2]]
 
 
 @pytest.mark.parametrize("change", ["damping", "training_set", "max_length", "model"])
@@ -121,7 +121,7 @@ def test_changed_argument_data_or_model_misses(model, tok, queries, solves, tmp_
             other.bert.embeddings.word_embeddings.weight[2000, 0] += 1e-3  # below θ_S ("head")
     records = Explainer(other, tok, texts, labels, args).explain(queries[:1])
     assert solves["rows"] == [2, 2]
-    assert records[0]["diagnostics"]["cached"] == [False, False]
+    assert records[0].diagnostics.cached == [False, False]
     assert len(list(tmp_path.glob("*.safetensors"))) == 8  # both entries kept side by side
 
 
@@ -131,20 +131,20 @@ def test_partly_cached_chunk_solves_only_missing_rows(model, tok, queries, solve
     assert solves["rows"] == [4]
     mixed = explainer.explain(queries)
     assert solves["rows"] == [4, 2]  # only the third query's two rows are solved
-    assert [r["diagnostics"]["cached"] for r in mixed] == [[True, True], [True, True], [False, False]]
+    assert [r.diagnostics.cached for r in mixed] == [[True, True], [True, True], [False, False]]
 
     reference = Explainer(model, tok, TRAIN, LABELS, _args(None)).explain(queries)
     assert solves["rows"] == [4, 2, 6]
-    assert [[e["train_index"] for lab in r["labels"] for e in lab["top_train"]] for r in mixed] == \
-        [[e["train_index"] for lab in r["labels"] for e in lab["top_train"]] for r in reference]
+    assert [[e.train_index for lab in r.labels for e in lab.top_train] for r in mixed] == \
+        [[e.train_index for lab in r.labels for e in lab.top_train] for r in reference]
     got, want = _influences(mixed), _influences(reference)
     assert want.abs().max() > 1e-4  # real scores, not zeros
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))
     for a, b in zip(mixed, reference):
-        assert a["diagnostics"]["relative_residual"] == pytest.approx(b["diagnostics"]["relative_residual"], rel=1e-3)
-        for la, lb in zip(a["labels"], b["labels"]):
-            for ea, eb in zip(la["top_train"], lb["top_train"]):
-                assert ea["word_influence"] == pytest.approx(eb["word_influence"], rel=1e-4, abs=1e-9)
+        assert a.diagnostics.relative_residual == pytest.approx(b.diagnostics.relative_residual, rel=1e-3)
+        for la, lb in zip(a.labels, b.labels):
+            for ea, eb in zip(la.top_train, lb.top_train):
+                assert ea.word_influence == pytest.approx(eb.word_influence, rel=1e-4, abs=1e-9)
 
 
 def test_topk_overlap_across_repeats_is_reported_and_cached(model, tok, queries, solves, tmp_path):
@@ -155,11 +155,11 @@ def test_topk_overlap_across_repeats_is_reported_and_cached(model, tok, queries,
     [(v, repeats)] = solves["repeats"]  # compute_s_test got keep_repeats: (R, Q, P) solutions
     assert repeats.shape == (2, 6, v.shape[1])
     by_hand = topk_overlap([train_influence(explainer.objective, explainer.data, repeats[r]) for r in range(2)], 3)
-    overlap = [x for r in first for x in r["diagnostics"]["topk_overlap"]]
+    overlap = [x for r in first for x in r.diagnostics.topk_overlap]
     assert overlap == pytest.approx(by_hand, abs=1e-12)
     assert all(x in (0.0, 0.2, 0.5, 1.0) for x in overlap)  # R = 2, k = 3: |T_a ∩ T_b| / |T_a ∪ T_b|
     assert min(overlap) == 0.5 and max(overlap) == 1.0  # measured: one row swaps its third example
-    spread = [x for r in first for x in r["diagnostics"]["repeat_relative_spread"]]
+    spread = [x for r in first for x in r.diagnostics.repeat_relative_spread]
     assert all(0.05 < x < 0.5 for x in spread)  # measured 18-21 % (random rows: 2 of 16 per step)
 
     second = explainer.explain(queries)  # the per-repeat scores come back from the cache
@@ -174,10 +174,11 @@ def test_topk_overlap_is_one_when_every_step_sees_the_whole_training_set(model, 
     args = dataclasses.replace(_args(None, repeat=2, batch_size=len(TRAIN)), batch_size=8)
     records = Explainer(model, tok, TRAIN, LABELS, args).explain(queries)
     for record in records:
-        assert record["diagnostics"]["topk_overlap"] == [1.0, 1.0]
-        assert max(record["diagnostics"]["repeat_relative_spread"]) < 1e-6  # measured ~2e-8
+        assert record.diagnostics.topk_overlap == [1.0, 1.0]
+        assert max(record.diagnostics.repeat_relative_spread) < 1e-6  # measured ~2e-8
     single = Explainer(model, tok, TRAIN, LABELS, _args(None)).explain(queries[:1])
-    assert "topk_overlap" not in single[0]["diagnostics"]  # repeat = 1: nothing to compare
+    assert single[0].diagnostics.topk_overlap is None  # repeat = 1: nothing to compare
+    assert "topk_overlap" not in single[0].to_dict()["diagnostics"]
 
 
 def test_compute_s_test_passes_keep_repeats(model, tok, queries, tmp_path):
@@ -185,8 +186,8 @@ def test_compute_s_test_passes_keep_repeats(model, tok, queries, tmp_path):
     v = torch.randn(3, explainer.objective.params.numel, generator=torch.Generator().manual_seed(0))
     options = SolverOptions(**SOLVER, repeat=3, keep_repeats=True)
     result = compute_s_test(explainer.objective, explainer.data, v, options)
-    assert result.diagnostics["repeats"].shape == (3, 3, v.shape[1])
-    assert torch.allclose(result.diagnostics["repeats"].mean(0), result.x, rtol=1e-5, atol=1e-7)
+    assert result.repeats.shape == (3, 3, v.shape[1])
+    assert torch.allclose(result.repeats.mean(0), result.x, rtol=1e-5, atol=1e-7)
     plain = compute_s_test(explainer.objective, explainer.data, v, dataclasses.replace(options, keep_repeats=False))
     assert "repeats" not in plain.diagnostics
     assert torch.equal(plain.x, result.x)  # keeping the repeats changes nothing else
@@ -198,7 +199,7 @@ def test_only_the_main_process_reads_and_writes(model, tok, queries, solves, tmp
     monkeypatch.setattr(explain_mod, "is_main_process", lambda: False)
     records = explainer.explain(queries[:2])  # a rank > 0 would get rank 0's lookups by broadcast
     assert solves["rows"] == [2, 4]
-    assert records[0]["diagnostics"]["cached"] == [False, False]
+    assert records[0].diagnostics.cached == [False, False]
     assert len(list(tmp_path.glob("*.safetensors"))) == 4  # nothing written by a rank > 0
 
 
@@ -217,7 +218,7 @@ def test_eq8_variants_prepared_once_per_training_example(model, tok, queries, mo
     explainer = Explainer(model, tok, TRAIN, LABELS, _args())
     first = explainer.explain(queries[:1])
     n_first = len(prepared)
-    assert n_first == len({e["train_index"] for lab in first[0]["labels"] for e in lab["top_train"]})
+    assert n_first == len({e.train_index for lab in first[0].labels for e in lab.top_train})
     again = explainer.explain(queries[:1])
     assert len(prepared) == n_first  # every variant batch reused
     fresh = Explainer(model, tok, TRAIN, LABELS, _args()).explain(queries[:1])

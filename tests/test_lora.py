@@ -180,7 +180,7 @@ def test_C10_lora_duplicate_helpful_flipped_harmful(lora_c10, tok, solver):
     assert float(eigenvalues[0]) + C10_DAMPING > 0.2
     options = SolverOptions(solver=solver, damping=C10_DAMPING, cg_tol=1e-6)
     result = compute_s_test(objective, data, v, options)
-    assert max(result.diagnostics["relative_residual"]) < 1e-4
+    assert max(result.relative_residual) < 1e-4
     scores = train_influence(objective, data, result.x)[0]
     assert torch.isfinite(scores).all()
     assert scores[DUP] < -1e-4, "duplicate of the test example must be helpful (negative)"

@@ -12,7 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from hf_pairdots.arguments import ExplainArguments, SolverOptions
-from hf_pairdots.callback import encode_queries, explain_dataset
+from hf_pairdots.pipeline import encode_queries, explain_dataset
 from hf_pairdots.explain import Explainer, Query
 from hf_pairdots.loss import make_train_loss, prepare_data
 from hf_pairdots.measurement import (FunctionMeasurement, LossMeasurement, SaliencyMeasurement,

@@ -173,7 +173,8 @@ def test_attack_beats_random_on_planted_signal(tmp_path):
     """Sec. 4.2's claim on a task with a planted signal: the influence attack (↓I(z, w_y), k = 6
     edited training examples per query) lowers accuracy on the attacked queries more than random
     substitutions of the same training rows, over 3 seeds. Measured (torch 2.13 CPU): unedited
-    100 %, attack 62.5 %, random 95.8 %, 16 edits per seed."""
+    100 %, attack 62.5 %, random 95.8 %, 16 edits per seed, with top_k = k + 2 = 8 (the attack rule is now
+    2k + 3 = 15: more candidates per query, not re-measured)."""
     attack = _recipe("attack")
     config = write_config(tmp_path, data=str(write_cue_data(tmp_path / "cues")), num_queries=8, epochs=12,
                           seeds=[0, 1, 2], ks=[6], objectives=["attack_down"])

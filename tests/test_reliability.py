@@ -20,6 +20,7 @@ from hf_pairdots.callback import explain_dataset
 from hf_pairdots.explain import Explainer, Query
 from hf_pairdots.modeling import autocast_disabled, influence_mode, predict_proba
 from hf_pairdots.models import tiny_bert
+from hf_pairdots.records import as_explanation
 from hf_pairdots.saliency import saliency
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -43,12 +44,12 @@ def bf16_region():
 def _numbers(records) -> torch.Tensor:
     """Every number of the records that the model's precision reaches, in one float64 vector."""
     values = []
-    for record in records:
-        values += record["probabilities"]
-        for entry in record["labels"]:
-            values += [entry["probability"]] + [s for s in entry["saliency"] if s is not None]
-            for top in entry["top_train"]:
-                values += [top["influence"]] + [s for s in top["word_influence"] if s is not None]
+    for record in map(as_explanation, records):  # typed records or their JSON lines
+        values += record.probabilities
+        for entry in record.labels:
+            values += [entry.probability] + [s for s in entry.saliency if s is not None]
+            for top in entry.top_train:
+                values += [top.influence] + [s for s in top.word_influence if s is not None]
     return torch.tensor(values, dtype=torch.float64)
 
 
@@ -77,8 +78,8 @@ def test_explainer_inside_autocast_gives_the_float32_explanations(model, tok):
     with bf16_region():
         mixed = Explainer(model, tok, TRAIN, LABELS, ARGS).explain(queries)
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    tops = [[t["train_index"] for t in e["top_train"]] for r in plain for e in r["labels"]]
-    assert [[t["train_index"] for t in e["top_train"]] for r in mixed for e in r["labels"]] == tops
+    tops = [[t.train_index for t in e.top_train] for r in plain for e in r.labels]
+    assert [[t.train_index for t in e.top_train] for r in mixed for e in r.labels] == tops
     _assert_same(_numbers(mixed), _numbers(plain))
 
 

@@ -212,7 +212,7 @@ def toy():
     ])
     t.v = v
     result = compute_s_test(objective, t.data, v, SolverOptions(solver="exact", damping=0.0))
-    assert max(result.diagnostics["relative_residual"]) < 1e-6
+    assert max(result.relative_residual) < 1e-6
     t.s_test = result.x
     return t
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_pairdots import callback as callback_module
+from hf_pairdots import pipeline as pipeline_module
 from hf_pairdots import influence
 from hf_pairdots.arguments import ExplainArguments, SolverOptions
 from hf_pairdots.autograd import ParameterSet, select_parameters
@@ -336,7 +336,7 @@ def test_disagreement_is_a_warning_in_meta_report_and_log(noisy, tok, tmp_path, 
     model, train, dev = noisy
     verdict = {"fraction": 0.1, "k": 4, "chance": 0.1, "in_helpful": 0.75, "in_harmful": 0.0, "z": 3.49,
                "disagree": True}
-    monkeypatch.setattr(callback_module, "tail_disagreement", lambda *a, **k: verdict)
+    monkeypatch.setattr(pipeline_module, "tail_disagreement", lambda *a, **k: verdict)
     args = ExplainArguments(queries="indices", query_indices=[0], top_k=2, max_length=16, suspicious=3)
     with caplog.at_level("WARNING", logger="hf_pairdots.callback"):
         explain_dataset(model, tok, train, dev, args, tmp_path)

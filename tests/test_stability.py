@@ -31,12 +31,11 @@ def test_deterministic_hvp_repeats_agree_exactly():
 
     result = lissa(lambda u, step: hvp(loss, theta, u), v, damping=DAMPING, scale=8.0, depth=200, repeat=R,
                    keep_repeats=True)
-    d = result.diagnostics
-    assert d["repeat_relative_spread"] < 1e-12
-    assert len(d["repeat_relative_spread_per_query"]) == Q
-    assert d["repeats"].shape == (R, Q, P)
-    assert torch.allclose(d["repeats"].mean(0), result.x, rtol=1e-12, atol=1e-14)
-    scores = [-(d["repeats"][r] @ x.T) for r in range(R)]  # (Q, N) stand-in for train_influence
+    assert len(result.repeat_relative_spread) == Q and max(result.repeat_relative_spread) < 1e-12
+    assert result.repeats.shape == (R, Q, P)
+    assert torch.allclose(result.repeats.mean(0), result.x, rtol=1e-12, atol=1e-14)
+    assert "repeats" not in result.diagnostics and "repeat_relative_spread" not in result.diagnostics  # no per-row values
+    scores = [-(result.repeats[r] @ x.T) for r in range(R)]  # (Q, N) stand-in for train_influence
     assert topk_overlap(scores, 5) == [1.0] * Q
 
 
@@ -49,24 +48,22 @@ def test_minibatch_hvp_repeats_spread():
         return u @ (xb.T @ xb / 10 + 0.05 * torch.eye(P, dtype=F64))
 
     result = lissa(sample, v, damping=DAMPING, scale=20.0, depth=100, repeat=R, keep_repeats=True)
-    d = result.diagnostics
-    assert 1e-4 < d["repeat_relative_spread"] < 1.0
-    reps = d["repeats"]
+    assert all(1e-4 < s < 1.0 for s in result.repeat_relative_spread)
+    reps = result.repeats
     mean = reps.mean(0)
     expected = ((reps - mean).pow(2).sum(2).mean(0).sqrt() / mean.norm(dim=1))  # the definition, two-pass
-    assert torch.allclose(torch.tensor(d["repeat_relative_spread_per_query"], dtype=F64), expected, rtol=1e-8)
-    assert abs(d["repeat_relative_spread"] - float(expected.mean())) < 1e-10
+    assert torch.allclose(torch.tensor(result.repeat_relative_spread, dtype=F64), expected, rtol=1e-8)
     assert torch.allclose(mean, result.x, rtol=1e-10, atol=1e-12)
 
 
 def test_single_repeat_and_default_keep_nothing_extra():
     _, v, h = _ridge()
     result = lissa(lambda u, step: u @ h, v, damping=DAMPING, scale=8.0, depth=20)
-    assert "repeat_relative_spread" not in result.diagnostics and "repeats" not in result.diagnostics
+    assert result.repeat_relative_spread is None and result.repeats is None
     result = lissa(lambda u, step: u @ h, v, damping=DAMPING, scale=8.0, depth=20, repeat=2)
-    assert "repeats" not in result.diagnostics
+    assert result.repeats is None and len(result.repeat_relative_spread) == Q
     one = lissa(lambda u, step: u @ h, v, damping=DAMPING, scale=8.0, depth=20, keep_repeats=True)
-    assert one.diagnostics["repeats"].shape == (1, Q, P)
+    assert one.repeats.shape == (1, Q, P)
 
 
 def test_topk_overlap_hand_computed():

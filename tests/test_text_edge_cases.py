@@ -101,9 +101,9 @@ def test_explainer_directly_maps_scores_to_dataset_rows(tok):
     assert [row["index"] for row in bad.skipped_train_rows] == sorted(BAD_ROWS)
     assert bad.train_rows == sorted(to_clean) and bad.data.size == len(TRAIN)
     for c, b in zip(clean.explain(queries), bad.explain(queries)):
-        for ce, be in zip(c["labels"], b["labels"]):
-            assert [to_clean[t["train_index"]] for t in be["top_train"]] == [t["train_index"] for t in ce["top_train"]]
-            assert [t["influence"] for t in be["top_train"]] == [t["influence"] for t in ce["top_train"]]
+        for ce, be in zip(c.labels, b.labels):
+            assert [to_clean[t.train_index] for t in be.top_train] == [t.train_index for t in ce.top_train]
+            assert [t.influence for t in be.top_train] == [t.influence for t in ce.top_train]
 
 
 def test_errors_name_the_callers_row(tok):

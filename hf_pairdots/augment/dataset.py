@@ -45,6 +45,7 @@ import datasets
 import torch
 
 from ..constants import ANTONYM_LABEL_RULES
+from ..records import Explanation, ProposedEdit, TrainAttribution, as_explanation
 from .goals import GOALS, goal_group
 from .lexicon import Lexicon
 from .search import random_edit
@@ -144,22 +145,22 @@ class EditCollection:
     shortfalls: list[dict] = field(default_factory=list)
 
 
-def _candidates(record: dict, wanted: Sequence[str], reasons: Counter):
+def _candidates(record: Explanation, wanted: Sequence[str], reasons: Counter):
     """``(objective, top-k item)`` of a record, alternating the wanted objectives rank by rank.
 
     A label row serves the wanted objective of its role, if its label fits that role: the gold
     row must hold the gold label, a ``"predicted"`` row (y') another label.
     """
     lists = {name: [] for name in wanted}
-    gold = record.get("gold")
-    for entry in record["labels"]:
-        name = next((n for n in wanted if GOALS[n].role == entry["role"]), None)
+    gold = record.gold
+    for entry in record.labels:
+        name = next((n for n in wanted if GOALS[n].role == entry.role), None)
         if name is None:
             continue
-        if (gold is not None and entry["label"] == gold) != (entry["role"] == "gold"):
+        if (gold is not None and entry.label == gold) != (entry.role == "gold"):
             reasons["y' row holds the gold label (explain.py must explain the runner-up label as y')"] += 1
             continue
-        lists[name].extend(entry["top_train"])
+        lists[name].extend(entry.top_train)
     for name in wanted:
         if not lists[name]:
             reasons[f"no {GOALS[name].role} row for {name}"] += 1
@@ -169,13 +170,14 @@ def _candidates(record: dict, wanted: Sequence[str], reasons: Counter):
                 yield name, lists[name][rank]
 
 
-def collect_edits(records: Iterable[dict], train: datasets.Dataset, objective: str, *, per_query: int,
+def collect_edits(records: Iterable[Explanation | dict], train: datasets.Dataset, objective: str, *, per_query: int,
                   seed: int = 0, antonym_label: str = "keep") -> EditCollection:
     """Up to ``per_query`` edited training examples per explained query (rules in the module
     docstring), as a ``datasets.Dataset``.
 
     Args:
-        records: explanation records (``ExplanationStore(out).records()``) made with
+        records: explanation records (:class:`~hf_pairdots.records.Explanation`, or their JSON
+            dicts: ``ExplanationStore(out).records()``) made with
             ``ExplainArguments(edit=explain_mode(objective), labels=explain_labels(objective))``
             against ``train``; taken in ``query_index`` order.
         train: the training set the records were explained against (``text`` and a ``label``
@@ -205,66 +207,67 @@ def collect_edits(records: Iterable[dict], train: datasets.Dataset, objective: s
     replace = group.replace
     texts, train_labels = train["text"], train["label"]
     rows, shortfalls, seen, used = [], [], set(), set()
-    for record in sorted(records, key=lambda r: r["query_index"]):
+    for record in sorted(map(as_explanation, records), key=lambda r: r.query_index):
         reasons: Counter = Counter()
         taken = 0
         for name, item in _candidates(record, wanted, reasons):
             if taken == per_query:
                 break
-            edit, index = item.get("edit"), item["train_index"]
-            if not edit or "text" not in edit:
-                reasons[(edit or {}).get("reason") or "no substitute in the training example"] += 1
+            edit, index = item.edit, item.train_index
+            if edit is None or not edit.found:
+                reasons[(edit.reason if edit is not None else None) or "no substitute in the training example"] += 1
                 continue
-            if edit.get("objective") != name:
-                reasons[f"edit made for {edit.get('objective')}, not {name}"] += 1
+            if edit.objective != name:
+                reasons[f"edit made for {edit.objective}, not {name}"] += 1
                 continue
             _check_item(item, texts, train_labels, labels)
             if replace and index in used:
                 reasons["training row already replaced for an earlier query"] += 1
                 continue
-            if not replace and (index, edit["text"]) in seen:
+            if not replace and (index, edit.text) in seen:
                 reasons["same edit already added for an earlier query"] += 1
                 continue
             used.add(index)
-            seen.add((index, edit["text"]))
+            seen.add((index, edit.text))
             taken += 1
-            rows.append(_edit_row(train[index], index, record["query_index"], name, edit, seed, antonym_label))
+            rows.append(_edit_row(train[index], index, record.query_index, name, edit, seed, antonym_label))
         if taken < per_query:
             reasons["ran out of candidates (explain with a larger top_k)"] += 1
-            shortfalls.append({"query_index": record["query_index"], "found": taken, "wanted": per_query,
+            shortfalls.append({"query_index": record.query_index, "found": taken, "wanted": per_query,
                                "reasons": dict(reasons)})
     return EditCollection(_to_dataset(rows, train.features), shortfalls)
 
 
-def edits_dataset(records: Iterable[dict], train: datasets.Dataset, objective: str, *, per_query: int,
+def edits_dataset(records: Iterable[Explanation | dict], train: datasets.Dataset, objective: str, *, per_query: int,
                   seed: int = 0, antonym_label: str = "keep") -> datasets.Dataset:
     """:func:`collect_edits`'s dataset (same arguments)."""
     return collect_edits(records, train, objective, per_query=per_query, seed=seed,
                          antonym_label=antonym_label).dataset
 
 
-def _check_item(item: dict, texts: Sequence[str], train_labels: Sequence[int], labels: datasets.ClassLabel) -> None:
-    index, label = item["train_index"], item["label"]
+def _check_item(item: TrainAttribution, texts: Sequence[str], train_labels: Sequence[int],
+                labels: datasets.ClassLabel) -> None:
+    index, label = item.train_index, item.label
     if not 0 <= label < labels.num_classes:
         raise ValueError(f"edit of train row {index}: label {label} outside {labels.names}")
-    if not 0 <= index < len(texts) or texts[index] != item["text"] or train_labels[index] != label:
+    if not 0 <= index < len(texts) or texts[index] != item.text or train_labels[index] != label:
         raise ValueError(f"train row {index} is not the text the records were explained with; pass the same "
                          "training set (and subsample seed) that explained the queries")
 
 
-def _edit_row(source: dict, index: int, query_index: int, objective: str, edit: dict, seed: int,
+def _edit_row(source: dict, index: int, query_index: int, objective: str, edit: ProposedEdit, seed: int,
               antonym_label: str) -> dict:
-    flipped = antonym_label == "flip" and edit["relation"] == "antonym"
+    flipped = antonym_label == "flip" and edit.relation == "antonym"
     row = dict(source)
-    row["text"] = edit["text"]
+    row["text"] = edit.text
     if flipped:
         row["label"] = 1 - int(source["label"])
     row.update({
         "edited": True, "source_train_index": index, "query_index": query_index,
-        "objective": objective, "position": edit["position"], "char_start": edit["char_start"],
-        "char_end": edit["char_end"], "original_word": edit["original"], "replacement": edit["replacement"],
-        "relation": edit["relation"], "predicted_influence_change": edit["predicted_change"],
-        "stage": edit["stage"], "label_flipped": flipped, "seed": seed,
+        "objective": objective, "position": edit.position, "char_start": edit.char_start,
+        "char_end": edit.char_end, "original_word": edit.original, "replacement": edit.replacement,
+        "relation": edit.relation, "predicted_influence_change": edit.predicted_change,
+        "stage": edit.stage, "label_flipped": flipped, "seed": seed,
     })
     return row
 
@@ -366,5 +369,5 @@ def random_baseline(edits: datasets.Dataset, train: datasets.Dataset, *, seed: i
         if edit is None:
             continue
         rows.append(_edit_row(train[index], index, row["query_index"], row["objective"],
-                              edit.to_record(row["objective"]), seed, antonym_label))
+                              edit.to_proposed(row["objective"]), seed, antonym_label))
     return _to_dataset(rows, train.features)

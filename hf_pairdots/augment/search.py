@@ -55,6 +55,7 @@ import torch
 
 from ..influence import perturbation_influence, word_influence
 from ..loss import TrainLoss
+from ..records import ProposedEdit
 from ..text import EncodedText
 from .goals import GOAL_GROUPS, GOALS, EditGoal, edit_goal
 from .lexicon import Lexicon
@@ -135,12 +136,17 @@ class Edit:
     char_start: int = -1
     char_end: int = -1
 
+    def to_proposed(self, objective: str) -> ProposedEdit:
+        """The typed ``edit`` of an explanation record's top-k entry, made for ``objective``."""
+        return ProposedEdit(objective=objective, text=self.text, position=self.position,
+                            char_start=self.char_start, char_end=self.char_end, original=self.original,
+                            replacement=self.replacement, relation=self.relation,
+                            predicted_change=self.predicted_change, stage=self.stage)
+
     def to_record(self, objective: str) -> dict:
-        """JSON-ready dict, the ``edit`` field of an explanation record's top-k entry."""
-        return {"objective": objective, "text": self.text, "position": self.position,
-                "char_start": self.char_start, "char_end": self.char_end, "original": self.original,
-                "replacement": self.replacement, "relation": self.relation,
-                "predicted_change": self.predicted_change, "stage": self.stage}
+        """JSON-ready dict, the ``edit`` field of an explanation record's top-k entry
+        (:meth:`to_proposed` as a dict)."""
+        return self.to_proposed(objective).to_dict()
 
 
 @dataclass(frozen=True)
