@@ -218,12 +218,12 @@ def test_explainer_default_params_cover_the_head_and_give_finite_scores(kind):
     assert set(explainer.objective.params.names) == {
         n for n, _ in net.named_parameters() if any(n.startswith(h + ".") for h in HEADS[kind])}
     assert half.config._attn_implementation == net.config._attn_implementation == sdpa_before
-    for entry in record["labels"]:
-        assert all(s is None or math.isfinite(s) for s in entry["saliency"])
-        assert entry["top_train"] and all(math.isfinite(t["influence"]) for t in entry["top_train"])
-        assert any(t["influence"] != 0 for t in entry["top_train"])
-        for t in entry["top_train"]:
-            assert all(x is None or math.isfinite(x) for x in t["word_influence"])
+    for entry in record.labels:
+        assert all(s is None or math.isfinite(s) for s in entry.saliency)
+        assert entry.top_train and all(math.isfinite(t.influence) for t in entry.top_train)
+        assert any(t.influence != 0 for t in entry.top_train)
+        for t in entry.top_train:
+            assert all(x is None or math.isfinite(x) for x in t.word_influence)
     assert math.isfinite(explainer.train_gradient_norm)
 
 
