@@ -80,6 +80,10 @@ class SolverOptions(_Serializable):
             :class:`~hf_pairdots.explain.Explainer` keeps s_test and the training scores of every
             measurement row and reads them back on a later run (``None`` = no cache). Neither this
             nor ``keep_repeats`` is part of the cache key.
+        curvature: the matrix C of (C + λI) s = ∇θ m (:mod:`hf_pairdots.curvature`): ``"hessian"``
+            (default: the Hessian of the mean training loss, indefinite near a fine-tuned optimum, so
+            the automatic λ exceeds -λ_min) or ``"ggn"`` (the Gauss-Newton matrix Jᵀ H_out J,
+            positive semi-definite: the automatic λ stays near ``min_damping``; same cost per product).
     """
 
     solver: str = "auto"
@@ -97,8 +101,14 @@ class SolverOptions(_Serializable):
     lowrank_refine: bool = True
     keep_repeats: bool = False
     cache_dir: str | None = None
+    # Curvature of the solve (grouped here for an easy merge).
+    curvature: str = "hessian"
 
     def __post_init__(self):
+        from .constants import CURVATURES  # local: keep this module import-light
+
+        if self.curvature not in CURVATURES:
+            raise ValueError(f"SolverOptions.curvature={self.curvature!r}: use one of {CURVATURES}")
         for name in ("keep_repeats", "lowrank_refine"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"SolverOptions.{name}={getattr(self, name)!r}: must be True or False")
@@ -156,6 +166,12 @@ class ExplainArguments(_Serializable):
             2 s for 2,000 SST-2 sentences on MiniLM-L6, where it put 35.5 % flipped labels in its
             top decile at a 5 % base rate and ``"head"`` did no better on the same rows, at about
             one CG solve per training example; benchmarks/RESULTS.md, "Noisy labels").
+        ranking: how the top-k training examples of a measurement are chosen
+            (:func:`hf_pairdots.influence.rank_scores`): ``"raw"`` (Eq. 5's I(z, m), the paper) or
+            ``"unit"`` (I(z, m) / ||∇θ L(z)||₂ over θ_S: unit-normalised training gradients, which
+            keeps high-loss examples with large gradients from topping every list). Records keep
+            the raw I(z, m). ``"unit"`` costs one per-example gradient pass over the training set,
+            once per Explainer.
     """
 
     queries: str = "misclassified"
@@ -179,8 +195,11 @@ class ExplainArguments(_Serializable):
     solver: SolverOptions = field(default_factory=SolverOptions)
     suspicious: int = 0
     suspicious_params: str | list[str] = "classifier"
+    # Ranking of the training examples (grouped here for an easy merge).
+    ranking: str = "raw"
 
     def __post_init__(self):
+        from .constants import RANKINGS
         from .saliency import MODES, TARGETS  # local: keep this module import-light
 
         if isinstance(self.solver, dict):
@@ -193,6 +212,7 @@ class ExplainArguments(_Serializable):
             "eraser": (self.eraser, ("unk", "mask", "zero")),
             "salient_by": (self.salient_by, ("value", "magnitude")),
             "edit": (self.edit, (None, "fix", "attack")),
+            "ranking": (self.ranking, RANKINGS),
         }
         for name, (value, allowed) in checks.items():
             if value not in allowed:
