@@ -48,7 +48,7 @@ from .augment.goals import EditGoal
 from .augment.search import search_edit
 from .cache import STestCache, cache_key, fingerprint_model, fingerprint_tensor, fingerprint_texts
 from .distributed import broadcast_object, broadcast_tensor, is_main_process, sharded_train_influence
-from .influence import prepare_word_variants, word_influence
+from .influence import gradient_norms, prepare_word_variants, rank_scores, word_influence
 from .loss import make_train_loss, prepare_data
 from .modeling import autocast_disabled, find_embedding_block, first_position_only, predict_proba
 from .saliency import saliency
@@ -121,7 +121,9 @@ class Explainer:
     damping (except ``solver="exact"``, which checks its explicit Hessian), about 2 x power_iters
     full-data HVPs (:func:`~hf_pairdots.solve.resolve_damping_scale`);
     with ``args.solver.cache_dir`` also one sha256 pass over the model's weights and the
-    training texts (:func:`~hf_pairdots.cache.fingerprint_model`, 0.4 s for MiniLM-L6).
+    training texts (:func:`~hf_pairdots.cache.fingerprint_model`, 0.4 s for MiniLM-L6); with
+    ``args.ranking="unit"`` one per-example gradient pass over the training set
+    (:func:`~hf_pairdots.influence.gradient_norms`).
 
     Cache key of a measurement row (``args.solver.cache_dir`` set): ``cache_key("s_test",
     model fingerprint (θ_S, the rest of the network, config), training-set fingerprint (texts,
@@ -138,6 +140,8 @@ class Explainer:
         train_rows: the rows of ``train_texts`` that are scored, in order (the columns of
             :attr:`SolvedRows.scores` and of the prepared data).
         skipped_train_rows: ``[{"index": row, "reason": str}, ...]``, the rows left out.
+        train_gradient_norms: ``(n,)`` ||∇θ L(z)||₂ of the scored rows (CPU) with
+            ``args.ranking="unit"``, else ``None``.
 
     Raises:
         SaliencyError: the model has no embedding block (case C14), before any work.
@@ -173,6 +177,7 @@ class Explainer:
         self.solver, self.eigenvalues = resolve_damping_scale(self.objective, self.data, args.solver)
         self.lowrank = lowrank_hessian(self.objective, self.data, self.solver) if self.solver.solver == "lowrank" else None
         # LiSSA repeats: keep each repeat's s_test for the top-k stability (issue #3, capability 7).
+        self.train_gradient_norms = gradient_norms(self.objective, self.data) if args.ranking == "unit" else None
         self.repeats = self.solver.repeat if self.solver.solver == "lissa" and self.solver.repeat > 1 else 0
         self.cache = None
         if self.solver.cache_dir is not None:
@@ -370,10 +375,11 @@ class Explainer:
         return torch.cat(out)
 
     def _top_k(self, scores: torch.Tensor, k: int):
-        """The k largest of one row's ``(n,)`` training scores, ``indices`` mapped from the kept
-        rows to the rows of ``train_texts`` (:attr:`train_rows`)."""
-        values, positions = torch.topk(scores, k)
-        return torch.return_types.topk((values, torch.as_tensor(self.train_rows)[positions]))
+        """The k first of one row's ``(n,)`` training scores by ``args.ranking``
+        (:func:`~hf_pairdots.influence.rank_scores`): ``values`` the raw I(z, m), ``indices`` mapped
+        from the kept rows to the rows of ``train_texts`` (:attr:`train_rows`)."""
+        positions = torch.topk(rank_scores(scores, self.args.ranking, self.train_gradient_norms), k).indices
+        return torch.return_types.topk((scores[positions], torch.as_tensor(self.train_rows)[positions]))
 
     def _word_influence(self, tops, s_test: torch.Tensor) -> dict[tuple[int, int], torch.Tensor]:
         """Eq. 8 scores ``(W,)`` keyed by (row, training index). Each training example's erased
