@@ -167,11 +167,13 @@ class ExplainArguments(_Serializable):
             top decile at a 5 % base rate and ``"head"`` did no better on the same rows, at about
             one CG solve per training example; benchmarks/RESULTS.md, "Noisy labels").
         ranking: how the top-k training examples of a measurement are chosen
-            (:func:`hf_pairdots.influence.rank_scores`): ``"raw"`` (Eq. 5's I(z, m), the paper) or
-            ``"unit"`` (I(z, m) / ||∇θ L(z)||₂ over θ_S: unit-normalised training gradients, which
-            keeps high-loss examples with large gradients from topping every list). Records keep
-            the raw I(z, m). ``"unit"`` costs one per-example gradient pass over the training set,
-            once per Explainer.
+            (:func:`hf_pairdots.influence.rank_scores`): ``"unit"`` (default: I(z, m) / ||∇θ L(z)||₂
+            over θ_S, unit-normalised training gradients, which keeps a few large-gradient examples
+            from topping every list) or ``"raw"`` (Eq. 5's I(z, m), the paper). Records keep the raw
+            I(z, m). ``"unit"`` costs one per-example gradient pass over the training set, once per
+            Explainer (14 s, 0.03 training epochs, for 2,000 SST-2 sentences on MiniLM-L6's head,
+            where it lowered the largest share of rows one example explains from 12.2 % to 9.4 %;
+            docs/explanations.md).
     """
 
     queries: str = "misclassified"
@@ -196,7 +198,7 @@ class ExplainArguments(_Serializable):
     suspicious: int = 0
     suspicious_params: str | list[str] = "classifier"
     # Ranking of the training examples (grouped here for an easy merge).
-    ranking: str = "raw"
+    ranking: str = "unit"
 
     def __post_init__(self):
         from .constants import RANKINGS

@@ -229,7 +229,8 @@ class Explainer:
         solved = self.solve(v)
         k = min(self.args.top_k, solved.scores.shape[1])
         tops = [self._top_k(solved.scores[r], k) for r in range(len(rows))]
-        overlap = (topk_overlap(list(solved.repeat_scores), k) if solved.repeat_scores is not None else None)
+        overlap = (topk_overlap([rank_scores(s, self.args.ranking, self.train_gradient_norms)
+                                 for s in solved.repeat_scores], k) if solved.repeat_scores is not None else None)
         per_word = self._word_influence(tops, solved.x)
         for r, row in enumerate(tqdm(rows, disable=not self.show_progress, desc="edits" if self.lexicon else "rows")):
             row["top_train"] = self._top_train(tops[r], per_word, r, solved.x[r:r + 1], row["role"])

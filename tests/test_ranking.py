@@ -65,11 +65,12 @@ def test_unit_ranking_top_k_equals_hand_computation(bert, tok):
     solver = SolverOptions(solver="exact", damping=1.0)
     queries = [Query(0, "a good and fun film", 1), Query(1, "the plot was awful", 0)]
     full = Explainer(bert, tok, TEXTS, LABELS, ExplainArguments(top_k=len(TEXTS), max_length=16, solver=solver,
-                                                                queries="all", labels=("gold",)))
+                                                                queries="all", labels=("gold",), ranking="raw"))
     unit = Explainer(bert, tok, TEXTS, LABELS, ExplainArguments(top_k=3, max_length=16, solver=solver, queries="all",
                                                                 labels=("gold",), ranking="unit"))
     norms = hand_norms(full.objective, full.data)
     assert torch.allclose(unit.train_gradient_norms, norms, rtol=1e-5)
+    assert full.train_gradient_norms is None  # the raw ranking needs no gradient pass
     differs = False
     for raw_rec, unit_rec in zip(full.explain(queries), unit.explain(queries)):
         raw_top = raw_rec["labels"][0]["top_train"]
