@@ -374,7 +374,7 @@ def name(config) -> str:
 
 
 def table(r: dict, command: str) -> str:
-    lines = [BEGIN, "## Explanations: plausibility and hubs (issue 14, first measurement)", "",
+    lines = [BEGIN, "## Explanations: plausibility and hubs", "",
              f"Command: `{command}`; SST-2 sentences, {r['train_size']:,} training sentences (subsample seed 0), "
              f"packaged MiniLM-L6 fine-tuned {r['epochs']:g} epochs with `train_classifier` (training "
              f"{r['train_seconds']:.0f} s, one epoch = {r['epoch_seconds']:.0f} s in this run; dev accuracy "
@@ -397,7 +397,8 @@ def table(r: dict, command: str) -> str:
         lines.append(f"| {name(g['config'])} | {pct(g['polar'])} | {pct(g['polar_gold'])} | "
                      f"{pct(g['polar_predicted'])} | {pct(g['chance'])} | {g['polar'] / g['chance']:.2f} | {words} |")
     if r.get("influence"):
-        lines += ["", "Influence (Explainer defaults apart from the saliency: params head, solver "
+        lines += ["", "Influence (Explainer defaults apart from the saliency, curvature and ranking of each row: "
+                  "params head, solver "
                   f"{r['influence'][0]['solver']}, top-{r['top_k']}, Eq. 8 words, no edits). Contains = a top-"
                   f"{r['top_k']} training example holds the salient word (or a WordNet synonym); hub = largest "
                   f"share of rows in whose top-{r['top_k']} one training example appears; chance = the share of all "
@@ -406,8 +407,8 @@ def table(r: dict, command: str) -> str:
                   "| configuration | curvature (damping) | ranking | polar | contains word or synonym | chance (random example) "
                   "| contains word | hub share "
                   "| examples in > 10 % of rows | distinct / slots | Eq. 8 responsible word = salient or synonym "
-                  "| explain s | epochs |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| explain s | epochs | peak RSS after (MB) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for inf in r["influence"]:
             lines.append(influence_line(inf, "raw", f"{inf['explain_seconds']:.0f}", f"{inf['explain_epochs']:.2f}"))
             if "normalised" in inf:
@@ -438,7 +439,8 @@ def influence_line(inf: dict, ranking: str, seconds: str, epochs: str) -> str:
             f"{pct(x['top_k_contains_word_or_synonym'])} | {pct(x.get('random_contains_word_or_synonym'))} | "
             f"{pct(x['top_k_contains_word'])} | {pct(x['hub_share'])} | "
             f"{x['examples_over_10pct']} | {x['distinct_in_top_k']} / {x['slots']} | "
-            f"{pct(x.get('responsible_is_word_or_synonym'))} | {seconds} | {epochs} |")
+            f"{pct(x.get('responsible_is_word_or_synonym'))} | {seconds} | {epochs} | "
+            f"{inf.get('peak_rss_mb_after', float('nan')):.0f} |")
 
 
 def write_section(path: Path, text: str) -> None:
@@ -454,7 +456,9 @@ def write_section(path: Path, text: str) -> None:
 def merged(runs: list[dict]) -> dict:
     """The first run, with the influence rows of every run (runs of the same model and queries)."""
     out = dict(runs[0], influence=[inf for r in runs for inf in r.get("influence", [])])
-    out["peak_rss_mb"] = max(r.get("peak_rss_mb", 0) for r in runs)
+    peaks = [r["peak_rss_mb"] for r in runs if "peak_rss_mb" in r]
+    if peaks:
+        out["peak_rss_mb"] = max(peaks)
     return out
 
 
