@@ -176,8 +176,8 @@ class Explainer:
             self.lexicon = Lexicon()
         self.solver, self.eigenvalues = resolve_damping_scale(self.objective, self.data, args.solver)
         self.lowrank = lowrank_hessian(self.objective, self.data, self.solver) if self.solver.solver == "lowrank" else None
-        # LiSSA repeats: keep each repeat's s_test for the top-k stability (issue #3, capability 7).
         self.train_gradient_norms = gradient_norms(self.objective, self.data) if args.ranking == "unit" else None
+        # LiSSA repeats: keep each repeat's s_test for the top-k stability (issue #3, capability 7).
         self.repeats = self.solver.repeat if self.solver.solver == "lissa" and self.solver.repeat > 1 else 0
         self.cache = None
         if self.solver.cache_dir is not None:
