@@ -174,7 +174,7 @@ def explain_config(model, tok, train, queries, config, curvature: str, max_lengt
     """Run the Explainer for one configuration; records, the Explainer, and its time."""
     mode, by, target = config
     args = ExplainArguments(max_queries=None, max_length=max_length, top_k=top_k, saliency_mode=mode, salient_by=by,
-                            saliency_target=target,
+                            saliency_target=target, ranking="raw",  # the unit ranking: from the full scores
                             solver=SolverOptions(cache_dir=str(cache_dir), curvature=curvature))
     start = time.perf_counter()
     explainer = Explainer(model, tok, train["text"], train["label"], args)
