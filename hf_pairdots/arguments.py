@@ -28,9 +28,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .constants import (EDIT_MODES, ERASERS, LABEL_ROLES, LAST_PREFIX, MODES, PRESETS, QUERY_SETS, ROLES,
-                        SALIENT_BY, SOLVERS, TARGETS, EditMode, Eraser, QuerySet, SaliencyMode, SaliencyTarget,
-                        SalientBy, Solver)
+from .constants import (CURVATURES, EDIT_MODES, ERASERS, LABEL_ROLES, LAST_PREFIX, MODES, PRESETS, QUERY_SETS,
+                        RANKINGS, ROLES, SALIENT_BY, SOLVERS, TARGETS, Curvature, EditMode, Eraser, QuerySet,
+                        Ranking, SaliencyMode, SaliencyTarget, SalientBy, Solver)
 from .io import atomic_write_text
 
 __all__ = [
@@ -75,6 +75,8 @@ class _Serializable:
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown option(s) {unknown}; known options: "
                              f"{sorted(cls.option_names())}")
+        if "query" not in data:  # a flat file: options added since it was saved take the value it was made with
+            data = {**{k: v for k, v in PREDATES.items() if k in cls.option_names()}, **data}
         return cls(**data)
 
     @classmethod
@@ -84,6 +86,11 @@ class _Serializable:
         if not text.lstrip().startswith(("{", "[")):
             text = Path(text).read_text()
         return cls.from_dict(json.loads(text))
+
+
+PREDATES = {"ranking": "raw"}
+"""Options added after saved options files were first written, with the value those files were
+made with where it differs from today's default: a saved file without ``ranking`` was ranked raw."""
 
 
 def _positive(owner: str, **values) -> None:
@@ -151,6 +158,11 @@ class SolverArguments(_Serializable):
     cache_dir: str | None = _option(None, help="folder of an hf_pairdots.cache.STestCache where the Explainer keeps "
                                                "s_test and the training scores of every measurement row and reads "
                                                "them back on a later run; None = no cache")
+    curvature: Curvature = _option("hessian", help="the matrix C of (C + λI) s = ∇θ m: hessian (the Hessian of the mean "
+                                                  "training loss, indefinite near a fine-tuned optimum, so automatic "
+                                                  "damping exceeds -λ_min) or ggn (the Gauss-Newton matrix Jᵀ H_out J, "
+                                                  "positive semi-definite: automatic damping stays near min_damping; "
+                                                  "same cost per product); see hf_pairdots.curvature")
 
     def __post_init__(self):
         for name in ("keep_repeats", "lowrank_refine"):
@@ -158,7 +170,7 @@ class SolverArguments(_Serializable):
                 raise ValueError(f"SolverArguments.{name}={getattr(self, name)!r}: must be True or False")
         if self.cache_dir is not None:
             self.cache_dir = str(self.cache_dir)
-        _choose("SolverArguments", solver=(self.solver, SOLVERS))
+        _choose("SolverArguments", solver=(self.solver, SOLVERS), curvature=(self.curvature, CURVATURES))
         _positive("SolverArguments", scale=self.scale, depth=self.depth, repeat=self.repeat,
                   batch_size=self.batch_size, power_iters=self.power_iters, cg_tol=self.cg_tol,
                   cg_max_iter=self.cg_max_iter, rank=self.rank)
@@ -186,9 +198,15 @@ class QueryArguments(_Serializable):
     labels: list[str] = _option(factory=lambda: list(LABEL_ROLES), choices=ROLES,
                                 help="which labels of a query to explain: predicted (y') and/or gold (y)")
     top_k: int = _option(5, help="responsible training examples kept per explained label")
+    ranking: Ranking = _option("unit", help="how the top-k training examples of a measurement are chosen: unit "
+                                            "(default: I(z, m) / ||∇θ L(z)||₂ over θ_S, unit-normalised training "
+                                            "gradients, which keeps a few large-gradient examples from topping "
+                                            "every list) or raw (Eq. 5's I(z, m), the paper); records keep the raw "
+                                            "I(z, m); unit costs one per-example gradient pass over the training "
+                                            "set per Explainer (docs/explanations.md)")
 
     def __post_init__(self):
-        _choose("QueryArguments", queries=(self.queries, QUERY_SETS))
+        _choose("QueryArguments", queries=(self.queries, QUERY_SETS), ranking=(self.ranking, RANKINGS))
         if isinstance(self.labels, str) or not self.labels or any(r not in ROLES for r in self.labels):
             raise ValueError(f"QueryArguments.labels={self.labels!r}: use a non-empty subset of {LABEL_ROLES}")
         self.labels = list(self.labels)

@@ -64,3 +64,16 @@ LAST_PREFIX = "last:"
 AntonymLabel = Literal["keep", "flip"]
 ANTONYM_LABEL_RULES: tuple[str, ...] = get_args(AntonymLabel)
 """The label of an antonym edit: kept (the paper) or flipped (binary tasks)."""
+
+# Curvature and ranking options of the influence solve (kept together for an easy merge).
+__all__ += ["CURVATURES", "RANKINGS", "Curvature", "Ranking"]
+
+Curvature = Literal["hessian", "ggn"]
+CURVATURES: tuple[str, ...] = get_args(Curvature)
+"""The curvature matrix of the s_test solve (:mod:`hf_pairdots.curvature`): the Hessian of the mean
+training loss, or its Gauss-Newton part Jᵀ H_out J (positive semi-definite)."""
+
+Ranking = Literal["raw", "unit"]
+RANKINGS: tuple[str, ...] = get_args(Ranking)
+"""How training examples are ranked for a measurement (:func:`hf_pairdots.influence.rank_scores`):
+by Eq. 5's I(z, m), or by I(z, m) / ||∇θ L(z)||₂ (unit-normalised training gradients)."""

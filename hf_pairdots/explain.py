@@ -47,7 +47,7 @@ from .augment.search import search_edit
 from .cache import (STestCache, cache_key, fingerprint_model, fingerprint_tensor, fingerprint_texts,
                     fingerprint_tokenizer)
 from .distributed import broadcast_object, broadcast_tensor, is_main_process, sharded_train_influence
-from .influence import prepare_word_variants, word_influence
+from .influence import gradient_norms, prepare_word_variants, rank_scores, word_influence
 from .errors import UnsupportedModelError
 from .loss import make_train_loss, mean_gradient_norm, prepare_data
 from .measurement import SaliencyMeasurement, measurement_gradients
@@ -141,7 +141,9 @@ class Explainer:
     damping (except ``solver="exact"``, which checks its explicit Hessian), about 2 x power_iters
     full-data HVPs (:func:`~hf_pairdots.solve.resolve_damping_scale`);
     with ``args.solver.cache_dir`` also one sha256 pass over the model's weights and the
-    training texts (:func:`~hf_pairdots.cache.fingerprint_model`).
+    training texts (:func:`~hf_pairdots.cache.fingerprint_model`); with ``args.ranking="unit"``
+    one per-example gradient pass over the training set
+    (:func:`~hf_pairdots.influence.gradient_norms`).
 
     Cache key of a measurement row (``args.solver.cache_dir`` set): ``cache_key("s_test",
     model fingerprint (θ_S, the rest of the network, config), training-set fingerprint (texts,
@@ -162,6 +164,8 @@ class Explainer:
         train_rows: the rows of ``train_texts`` that are scored, in order (the columns of
             :attr:`SolvedRows.scores` and of the prepared data).
         skipped_train_rows: ``[{"index": row, "reason": str}, ...]``, the rows left out.
+        train_gradient_norms: ``(n,)`` ||∇θ L(z)||₂ of the scored rows (CPU) with
+            ``args.ranking="unit"``, else ``None``.
 
     Raises:
         SaliencyError: the model has no embedding block, before any work.
@@ -209,6 +213,7 @@ class Explainer:
         self.solver, self.eigenvalues = resolve_damping_scale(self.objective, self.data, args.solver)
         self.train_gradient_norm = mean_gradient_norm(self.objective, self.data)  # about 0 at the optimum
         self.lowrank = lowrank_hessian(self.objective, self.data, self.solver) if self.solver.solver == "lowrank" else None
+        self.train_gradient_norms = gradient_norms(self.objective, self.data) if args.ranking == "unit" else None
         # LiSSA repeats: keep each repeat's s_test for the top-k stability across repeats.
         self.repeats = self.solver.repeat if self.solver.solver == "lissa" and self.solver.repeat > 1 else 0
         self.cache = None
@@ -261,7 +266,8 @@ class Explainer:
         solved = self.solve(v)
         k = min(self.args.top_k, solved.scores.shape[1])
         tops = [self._top_k(solved.scores[r], k) for r in range(len(rows))]
-        overlap = (topk_overlap(list(solved.repeat_scores), k) if solved.repeat_scores is not None else None)
+        overlap = (topk_overlap([rank_scores(s, self.args.ranking, self.train_gradient_norms)
+                                 for s in solved.repeat_scores], k) if solved.repeat_scores is not None else None)
         per_word = self._word_influence(tops, solved.x)
         for r, row in enumerate(tqdm(rows, disable=not self.show_progress, desc="edits" if self.lexicon else "rows")):
             row["top_train"] = self._top_train(tops[r], per_word, r, solved.x[r:r + 1], row["role"])
@@ -431,10 +437,11 @@ class Explainer:
         return torch.cat(out)
 
     def _top_k(self, scores: torch.Tensor, k: int):
-        """The k largest of one row's ``(n,)`` training scores, ``indices`` mapped from the kept
-        rows to the rows of ``train_texts`` (:attr:`train_rows`)."""
-        values, positions = torch.topk(scores, k)
-        return torch.return_types.topk((values, torch.as_tensor(self.train_rows)[positions]))
+        """The k first of one row's ``(n,)`` training scores by ``args.ranking``
+        (:func:`~hf_pairdots.influence.rank_scores`): ``values`` the raw I(z, m), ``indices`` mapped
+        from the kept rows to the rows of ``train_texts`` (:attr:`train_rows`)."""
+        positions = torch.topk(rank_scores(scores, self.args.ranking, self.train_gradient_norms), k).indices
+        return torch.return_types.topk((scores[positions], torch.as_tensor(self.train_rows)[positions]))
 
     def _word_influence(self, tops, s_test: torch.Tensor) -> dict[tuple[int, int], torch.Tensor]:
         """Eq. 8 scores ``(W,)`` keyed by (row, training index). Each training example's erased

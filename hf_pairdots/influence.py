@@ -74,6 +74,55 @@ def train_influence(objective: TrainLoss, data: PreparedData, s_test: Tensor) ->
 
 
 # ---------------------------------------------------------------------------------------------
+# Ranking of the training-side scores
+# ---------------------------------------------------------------------------------------------
+
+def gradient_norms(objective: TrainLoss, data: PreparedData, rows_per_call: int = 128) -> Tensor:
+    """||∇θ L(z_i)||₂ over θ_S for every training example, ``(n,)`` on the CPU, in the order of
+    the texts given to :func:`~hf_pairdots.loss.prepare_data` (the columns of
+    :func:`train_influence`).
+
+    Cost: one per-example gradient pass over the data (:func:`example_gradients`, ``rows_per_call``
+    rows at a time: memory rows_per_call x P floats).
+    """
+    norms = torch.empty(data.size)
+    for block in data.batches:
+        for start in range(0, len(block["labels"]), rows_per_call):
+            part = {k: v[start:start + rows_per_call] for k, v in block.items()}
+            norms[part["index"]] = example_gradients(objective, part).norm(dim=1).detach().cpu()
+    return norms
+
+
+def rank_scores(scores: Tensor, ranking: str = "raw", norms: Tensor | None = None) -> Tensor:
+    """The score by which training examples are ranked for a measurement (largest first).
+
+    ``"raw"``: I(z_i, m) itself (Eq. 5, the paper). ``"unit"``: I(z_i, m) / ||∇θ L(z_i)||₂, the
+    influence with unit-normalised training gradients (as TrackStar normalises them, Chang et al.
+    2024, "Scalable influence and fact tracing for large language model pretraining"): an example
+    is no longer ranked high for its large gradient alone. A zero gradient ranks as score 0.
+
+    Args:
+        scores: ``(..., n)`` I(z_i, m).
+        ranking: one of :data:`~hf_pairdots.constants.RANKINGS`.
+        norms: ``(n,)`` ||∇θ L(z_i)||₂ (:func:`gradient_norms`), required for ``"unit"``.
+
+    Returns:
+        ``(..., n)`` on ``scores``' device.
+
+    Raises:
+        ValueError: an unknown ranking, or ``"unit"`` without ``norms`` of shape ``(n,)``.
+    """
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking={ranking!r}: use one of {RANKINGS}")
+    if ranking == "raw":
+        return scores
+    if norms is None or norms.shape != scores.shape[-1:]:
+        raise ValueError(f"ranking='unit' needs the ({scores.shape[-1]},) training gradient norms")
+    norms = norms.to(scores.device, scores.dtype)
+    return torch.where(norms > 0, scores / norms.clamp_min(torch.finfo(scores.dtype).tiny), 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
 # Self-influence: the training examples the model finds surprising
 # ---------------------------------------------------------------------------------------------
 
@@ -301,7 +350,7 @@ def perturbation_influence(objective: TrainLoss, tokenizer, text: str, label: in
     return scores[:, 1:] - scores[:, :1]
 
 
-from .constants import ERASERS  # noqa: E402  (the choice lists live in constants.py)
+from .constants import ERASERS, RANKINGS  # noqa: E402  (the choice lists live in constants.py)
 
 
 def erased_variants(tokenizer, text: str, eraser: str = "unk") -> list[str]:

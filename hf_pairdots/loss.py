@@ -94,7 +94,18 @@ class TrainLoss:
         return [dict(self.prepare(batch), index=batch["index"]) for batch in batches]
 
     def per_example_loss(self, theta: Tensor, batch: dict) -> Tensor:
+        """``(B,)`` losses of a prepared batch at ``theta``: :meth:`output_loss` of :meth:`logits`."""
+        return self.output_loss(self.logits(theta, batch), batch)
+
+    def logits(self, theta: Tensor, batch: dict) -> Tensor:
+        """``(B, C)`` float32 logits of a prepared batch at ``theta`` (the network's output f(z; θ))."""
         raise NotImplementedError
+
+    def output_loss(self, logits: Tensor, batch: dict) -> Tensor:
+        """``(B,)`` loss of each example as a function of its logits alone (:func:`example_losses`
+        of the model's problem type): the outer function ℓ of L(z; θ) = ℓ(f(z; θ)), whose Hessian
+        the Gauss-Newton product uses."""
+        return example_losses(logits, batch["labels"], self.problem_type)
 
     def mean_loss(self, theta: Tensor, batch: dict) -> Tensor:
         return self.per_example_loss(theta, batch).mean()
@@ -134,11 +145,11 @@ class FullModelLoss(TrainLoss):
     def prepare(self, batch: dict) -> dict:
         return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
-    def per_example_loss(self, theta: Tensor, batch: dict) -> Tensor:
+    def logits(self, theta: Tensor, batch: dict) -> Tensor:
         with first_position_only(self.model):  # the last feed-forward block on position 0 only (BERT family)
             logits = torch.func.functional_call(self.model, self.params.unflatten(theta), args=(),
                                                 kwargs=model_inputs(batch, self.device), strict=False).logits
-        return example_losses(logits, batch["labels"], self.problem_type)
+        return logits.float()
 
 
 class CachedTopLoss(TrainLoss):
@@ -187,9 +198,8 @@ class CachedTopLoss(TrainLoss):
         return [{"features": buffer[s:s + BLOCK_ROWS], "labels": labels[s:s + BLOCK_ROWS], "index": index[s:s + BLOCK_ROWS]}
                 for s in range(0, len(buffer), BLOCK_ROWS)]
 
-    def per_example_loss(self, theta: Tensor, batch: dict) -> Tensor:
-        logits = self._logits(theta, batch["features"])
-        return example_losses(logits, batch["labels"], self.problem_type)
+    def logits(self, theta: Tensor, batch: dict) -> Tensor:
+        return self._logits(theta, batch["features"])
 
     def _logits(self, theta: Tensor, features: Tensor) -> Tensor:
         named = {"model." + n: t for n, t in self.params.unflatten(theta).items()}

@@ -32,7 +32,7 @@ from pathlib import Path
 import datasets
 import torch
 
-from .arguments import ExplainArguments
+from .arguments import PREDATES, ExplainArguments
 from .augment.dataset import EditCollection, apply_edits, collect_edits, explain_labels, explain_mode
 from .distributed import broadcast_object, is_distributed, is_main_process
 from .errors import IncompatibleRunError
@@ -133,7 +133,8 @@ def resume_mismatch(out: str | Path, args: ExplainArguments) -> dict[str, tuple]
 
     ``{option: (saved value, new value)}``, options dotted (``"solver.depth"``), the
     :data:`RESUME_FREE_OPTIONS` left out; an option missing from an older ``explain_args.json``
-    counts as its default. Empty when ``out`` holds no explanations (no ``explanations.jsonl``
+    counts as the value it was made with (:data:`~hf_pairdots.arguments.PREDATES`, else the
+    default). Empty when ``out`` holds no explanations (no ``explanations.jsonl``
     or an empty one) or no saved options to compare with. Cost: two small JSON reads.
     """
     out = Path(out)
@@ -144,7 +145,8 @@ def resume_mismatch(out: str | Path, args: ExplainArguments) -> dict[str, tuple]
     current = _flat(json.loads(args.to_json()))  # through JSON: tuples and lists compare equal
     default = _flat(json.loads(ExplainArguments().to_json()))
     names = sorted((set(saved) | set(current)) - set(RESUME_FREE_OPTIONS))
-    pairs = {name: (saved.get(name, default.get(name)), current.get(name, default.get(name))) for name in names}
+    old = {**default, **PREDATES}  # a saved file without an option was made with its value then
+    pairs = {name: (saved.get(name, old.get(name)), current.get(name, default.get(name))) for name in names}
     return {name: pair for name, pair in pairs.items() if pair[0] != pair[1]}
 
 

@@ -190,7 +190,7 @@ def degenerate_gradient_sum(grad: Tensor, attention_mask: Tensor | None = None) 
     LayerNorm, as in pre-LayerNorm models (GPT-2), the gradient at e is orthogonal to the all-ones
     direction, because a LayerNorm ignores a constant added to all dimensions. A batch whose
     gradient is exactly zero (saturated S_y) is not degenerate in this sense (``False``)."""
-    sums, norms = grad.sum(-1).abs(), grad.norm(dim=-1)
+    sums, norms = grad.detach().sum(-1).abs(), grad.detach().norm(dim=-1)
     if attention_mask is not None:  # padding counts as 0 (masks, not boolean indexing: no data-dependent shape)
         keep = attention_mask.to(grad.device, grad.dtype)
         sums, norms = sums * keep, norms * keep

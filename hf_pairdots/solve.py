@@ -9,7 +9,9 @@
   every row.
 
 The solvers themselves (:mod:`hf_pairdots.ihvp`) see the Hessian only through ``hvp(V) -> H V``;
-this module builds those products from the prepared training data.
+this module builds those products from the prepared training data, with the curvature of
+``SolverOptions.curvature`` (the Hessian, or the Gauss-Newton matrix: :mod:`hf_pairdots.curvature`;
+"Hessian" below means that matrix).
 
 Devices: the policy of ``docs/ARCHITECTURE.md`` ("Devices").
 """
@@ -23,7 +25,8 @@ from torch import Tensor
 
 from . import ihvp
 from .arguments import SolverArguments
-from .loss import PreparedData, TrainLoss, full_hvp, mean_hvp
+from .curvature import full_product, mean_product
+from .loss import PreparedData, TrainLoss
 
 
 CG_PASSES = 12
@@ -79,8 +82,9 @@ def resolve_damping_scale(objective: TrainLoss, data: PreparedData,
         return options, {}  # exact_solve checks the eigenvalues of the explicit Hessian
     gen = torch.Generator().manual_seed(options.seed)
     device = objective.theta.device
-    lo, hi = ihvp.extreme_eigenvalues(full_hvp(objective, data), numel, iters=options.power_iters, seed=options.seed,
-                                      device=device, dtype=objective.theta.dtype)
+    lo, hi = ihvp.extreme_eigenvalues(full_product(objective, data, options.curvature), numel,
+                                      iters=options.power_iters, seed=options.seed, device=device,
+                                      dtype=objective.theta.dtype)
     estimates = {"lambda_min": lo, "lambda_max": hi}
     if options.damping is not None:
         ihvp.check_positive_definite(lo, options.damping)
@@ -90,7 +94,8 @@ def resolve_damping_scale(objective: TrainLoss, data: PreparedData,
     if options.solver == "lissa":
         for k in range(3):
             batches = data.sample(gen, options.batch_size)
-            top = max(top, ihvp.extreme_eigenvalues(lambda u, b=batches: mean_hvp(objective, b, u), numel,
+            product = lambda u, b=batches: mean_product(objective, b, u, options.curvature)  # noqa: E731
+            top = max(top, ihvp.extreme_eigenvalues(product, numel,
                                                     iters=options.power_iters, seed=options.seed + k + 1,
                                                     device=device, dtype=objective.theta.dtype)[1])
         estimates["lambda_max_minibatch"] = top
@@ -108,7 +113,8 @@ def lowrank_hessian(objective: TrainLoss, data: PreparedData, options: SolverArg
     on the parameters' device. Cost: 3 full-data HVPs of ``rank`` vectors each (block Lanczos,
     :func:`~hf_pairdots.ihvp.top_eigenpairs`); memory 3 x rank x P floats while it runs.
     """
-    return ihvp.top_eigenpairs(full_hvp(objective, data), objective.params.numel, options.rank, seed=options.seed,
+    return ihvp.top_eigenpairs(full_product(objective, data, options.curvature), objective.params.numel, options.rank,
+                               seed=options.seed,
                                device=objective.theta.device, dtype=objective.theta.dtype)
 
 
@@ -167,10 +173,11 @@ def compute_s_test(objective: TrainLoss, data: PreparedData, v: Tensor, options:
         options, estimates = resolve_damping_scale(objective, data, options)
     elif "lambda_min" in eigenvalues:
         ihvp.check_positive_definite(eigenvalues["lambda_min"], options.damping)
-    full = full_hvp(objective, data)
+    full = full_product(objective, data, options.curvature)
     gen = torch.Generator().manual_seed(options.seed)
     if options.solver == "lissa":
-        result = ihvp.lissa(lambda h, t: mean_hvp(objective, data.sample(gen, options.batch_size), h), v,
+        sampled = lambda h, t: mean_product(objective, data.sample(gen, options.batch_size), h, options.curvature)  # noqa: E731
+        result = ihvp.lissa(sampled, v,
                             damping=options.damping, scale=options.scale, depth=options.depth, repeat=options.repeat,
                             keep_repeats=options.keep_repeats)
     elif options.solver == "cg":
@@ -189,7 +196,7 @@ def compute_s_test(objective: TrainLoss, data: PreparedData, v: Tensor, options:
     check = data.batches if data.rowwise else data.sample(torch.Generator().manual_seed(options.seed + 1),
                                                           residual_examples)
     result.relative_residual = ihvp.relative_residual(
-        lambda u: mean_hvp(objective, check, u), result.x, v, options.damping)
+        lambda u: mean_product(objective, check, u, options.curvature), result.x, v, options.damping)
     if not torch.isfinite(result.x).all():
         raise FloatingPointError(f"s_test is not finite ({options.solver}); see the diagnostics: {result.diagnostics}, "
                                  f"relative residual {result.relative_residual}")

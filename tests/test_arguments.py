@@ -111,15 +111,21 @@ def test_options_dataclass_copies_types_defaults_and_help():
 
 @pytest.mark.parametrize("name, expected", [("default", ExplainArguments()), ("custom", CUSTOM)])
 def test_old_flat_files_load_to_equal_objects(name, expected):
+    """Files written before ``ranking`` and ``curvature`` existed load as what they were made with:
+    raw ranking (the default is now unit), the Hessian."""
     loaded = ExplainArguments.from_json(FIXTURES / f"explain_args_{name}.json")
-    assert loaded == expected
+    assert loaded == dataclasses.replace(expected, ranking="raw")
     assert loaded.solver == expected.solver and loaded.labels == list(expected.labels)
+    assert ExplainArguments().ranking == "unit" and loaded.solver.curvature == "hessian"
 
 
 @pytest.mark.parametrize("name, args", [("default", ExplainArguments()), ("custom", CUSTOM)])
 def test_round_trip_keeps_the_flat_layout(name, args, tmp_path):
+    """The flat layout of older files (same keys and bytes), with the options added since."""
     text = args.to_json(tmp_path / "explain_args.json")
-    assert text + "\n" == (FIXTURES / f"explain_args_{name}.json").read_text()  # same bytes as older files
+    old = json.loads((FIXTURES / f"explain_args_{name}.json").read_text())
+    old["solver"]["curvature"] = args.solver.curvature
+    assert text == json.dumps({**old, "ranking": args.ranking}, indent=2, sort_keys=True)
     assert ExplainArguments.from_json(tmp_path / "explain_args.json") == args
     for group in (args.query, args.measurement, args.edits, args.solver):
         assert type(group).from_json(group.to_json()) == group
