@@ -71,6 +71,7 @@ from hf_pairdots.influence import gradient_norms, influence_mode, rank_scores  #
 from hf_pairdots.models import load_classifier, load_tokenizer  # noqa: E402
 from hf_pairdots.saliency import MODES, saliency, word_encoding  # noqa: E402
 from hf_pairdots.training import train_classifier  # noqa: E402
+from results_md import write_section  # noqa: E402
 
 SHARED = Path(os.environ.get("PAIRDOTS_SHARED_DATA", "/work/shared/data"))
 BEGIN, END = "<!-- bench_explanations:begin -->", "<!-- bench_explanations:end -->"
@@ -443,16 +444,6 @@ def influence_line(inf: dict, ranking: str, seconds: str, epochs: str) -> str:
             f"{inf.get('peak_rss_mb_after', float('nan')):.0f} |")
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the text between the markers in ``path``, or append it."""
-    old = path.read_text() if path.exists() else ""
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + text + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new)
-
-
 def merged(runs: list[dict]) -> dict:
     """The first run, with the influence rows of every run (runs of the same model and queries)."""
     out = dict(runs[0], influence=[inf for r in runs for inf in r.get("influence", [])])
@@ -491,7 +482,7 @@ def main(argv=None) -> dict:
     text = table(result, command)
     print(text)
     if a.out:
-        write_section(Path(a.out), text)
+        write_section(a.out, text, BEGIN, END)
     return result
 
 

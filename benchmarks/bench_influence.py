@@ -41,6 +41,7 @@ from hf_pairdots.modeling import influence_mode, model_inputs  # noqa: E402
 from hf_pairdots.models import load_classifier, load_tokenizer  # noqa: E402
 from hf_pairdots.solve import compute_s_test, resolve_damping_scale  # noqa: E402
 from hf_pairdots.training import train_classifier  # noqa: E402
+from results_md import write_section  # noqa: E402
 
 LOCAL_SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst_sentence"
 
@@ -170,22 +171,11 @@ def main(argv=None) -> None:
               f"({m_['default'] / first['default'] - 1:+.1%}) | {m_['fixed']:.0f} ({m_['fixed'] / first['fixed'] - 1:+.1%}) |"
               for m_ in memory]
     lines.append(END)
-    write_section(Path(a.out), "\n".join(lines))
+    write_section(a.out, "\n".join(lines), BEGIN, END, after_title=True)
     print("\n".join(lines))
 
 
 BEGIN, END = "<!-- bench_influence:begin -->", "<!-- bench_influence:end -->"
-
-
-def write_section(path: Path, text: str) -> None:
-    """Replace the text between the markers in ``path`` (or put it after the title)."""
-    old = path.read_text() if path.is_file() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + text + old[old.index(END) + len(END):]
-    else:
-        title, _, rest = old.partition("\n")
-        new = f"{title}\n\n{text}\n{rest}"
-    path.write_text(new)
 
 
 def explain_dev_errors(model, tok, train, dev, max_length: int, solver: SolverOptions) -> tuple[int, float]:

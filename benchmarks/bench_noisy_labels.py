@@ -42,6 +42,7 @@ from hf_pairdots.modeling import influence_mode  # noqa: E402
 from hf_pairdots.models import load_classifier, load_tokenizer  # noqa: E402
 from hf_pairdots.solve import compute_s_test  # noqa: E402
 from hf_pairdots.training import accuracy, train_classifier  # noqa: E402
+from results_md import write_section  # noqa: E402
 
 LOCAL_SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst_sentence"
 BEGIN, END = "<!-- bench_noisy_labels:begin -->", "<!-- bench_noisy_labels:end -->"
@@ -172,16 +173,6 @@ def table(r: dict, command: str) -> str:
     return "\n".join(lines + [END])
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the text between the markers in ``path``, or append it."""
-    old = path.read_text() if path.exists() else ""
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + text + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new)
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--train-size", type=int, default=2000)
@@ -200,7 +191,7 @@ def main(argv=None) -> dict:
     checkpoint(a, result)
     if a.out:
         command = "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_noisy_labels.py --out benchmarks/RESULTS.md"
-        write_section(Path(a.out), table(result, command))
+        write_section(a.out, table(result, command), BEGIN, END)
     return result
 
 

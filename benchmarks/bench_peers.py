@@ -47,6 +47,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from results_md import write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_SST2 = ROOT.parent / "shared" / "data" / "sst_sentence"
@@ -310,16 +311,6 @@ def section(a, info: dict, rows: dict, versions: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the text between the markers (or append it): the rest of the file is left alone."""
-    old = path.read_text() if path.exists() else ""
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + text + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + ("\n\n" if old else "") + text + "\n"
-    path.write_text(new)
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--peers-python", default=str(ROOT.parent / "peers-venv" / "bin" / "python"),
@@ -357,7 +348,7 @@ def main(argv=None) -> None:
         if not row["error"]:
             row["metrics"] = compare(row["factor"] * row["scores"], mine["exact"])
     text = section(a, mine["info"], rows, versions)
-    write_section(Path(a.out), text)
+    write_section(a.out, text, BEGIN, END)
     print(text)
     (work / "summary.json").write_text(json.dumps(
         {"info": mine["info"], "rows": {n: {k: v for k, v in r.items() if k != "scores"} for n, r in rows.items()}},

@@ -30,11 +30,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from hf_pairdots.arguments import ExplainArguments  # noqa: E402
-from hf_pairdots.callback import explain_dataset  # noqa: E402
+from hf_pairdots.pipeline import explain_dataset  # noqa: E402
 from hf_pairdots.data import load_text_classification, subsample  # noqa: E402
 from hf_pairdots.models import PACKAGED_MINILM, load_classifier, load_tokenizer  # noqa: E402
 from hf_pairdots.training import accuracy, train_classifier  # noqa: E402
 from hf_pairdots.verify import VerifyArguments, verify_run  # noqa: E402
+from results_md import write_section  # noqa: E402
 
 SHARED_SST2 = [Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst_sentence",
                Path("/work/shared/data/sst_sentence")]
@@ -128,13 +129,7 @@ def main(argv=None) -> int:
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
     if a.out:
-        path = Path(a.out)
-        old = path.read_text() if path.is_file() else ""
-        if BEGIN in old and END in old:
-            new = old[:old.index(BEGIN)] + text + old[old.index(END) + len(END):]
-        else:
-            new = old.rstrip("\n") + "\n\n" + text + "\n"
-        path.write_text(new)
+        write_section(a.out, text, BEGIN, END)
     return 0
 
 
