@@ -73,7 +73,8 @@ from hf_pairdots.saliency import MODES, saliency, word_encoding  # noqa: E402
 from hf_pairdots.training import train_classifier  # noqa: E402
 from results_md import write_section  # noqa: E402
 
-SHARED = Path(os.environ.get("PAIRDOTS_SHARED_DATA", "/work/shared/data"))
+SHARED = Path(os.environ.get("PAIRDOTS_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+"""The project's offline data sets: ``shared/data`` beside the repository (``PAIRDOTS_SHARED_DATA`` overrides)."""
 BEGIN, END = "<!-- bench_explanations:begin -->", "<!-- bench_explanations:end -->"
 LEAF = re.compile(r"\((\d) ([^()]+)\)")
 TARGETS = ("prob",)

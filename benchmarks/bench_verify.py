@@ -37,13 +37,12 @@ from hf_pairdots.training import accuracy, train_classifier  # noqa: E402
 from hf_pairdots.verify import VerifyArguments, verify_run  # noqa: E402
 from results_md import write_section  # noqa: E402
 
-SHARED_SST2 = [Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst_sentence",
-               Path("/work/shared/data/sst_sentence")]
+SHARED_SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst_sentence"
 BEGIN, END = "<!-- bench_verify:begin -->", "<!-- bench_verify:end -->"
 
 
 def measure(a) -> dict:
-    data = load_text_classification(str(a.data or next(p for p in SHARED_SST2 if p.is_dir())))
+    data = load_text_classification(str(a.data or SHARED_SST2))
     names = data["train"].features["label"].names
     train = subsample(data["train"], a.train_size, a.seed)
     tok = load_tokenizer()

@@ -25,15 +25,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from .errors import (
-    HubUnavailable,
-    IncompatibleRunError,
-    IndefiniteHessianError,
-    LissaDivergenceError,
-    PairDotsError,
-    SaliencyError,
-    WordNetUnavailable,
-)
+from . import errors as _errors
+from .errors import *  # noqa: F403  (every named error, listed once in errors.__all__)
 
 __version__ = "0.1.0"
 
@@ -82,17 +75,7 @@ _LAZY = {
     "verify_run": ("verify", "verify_run"),
 }
 
-__all__ = [
-    *_LAZY,
-    "HubUnavailable",
-    "IncompatibleRunError",
-    "IndefiniteHessianError",
-    "LissaDivergenceError",
-    "PairDotsError",
-    "SaliencyError",
-    "WordNetUnavailable",
-    "__version__",
-]
+__all__ = [*_LAZY, *_errors.__all__, "__version__"]
 
 
 def __getattr__(name: str):

@@ -170,7 +170,7 @@ def test_the_loss_keeps_its_old_name_in_cache_keys():
     assert make_train_loss(model, "last:1").key_name == "FullModelObjective"
 
     class MyLoss(FullModelLoss):
-        pass
+        """A user's subclass: keyed by its own name."""
 
     assert MyLoss(model, select_parameters(model, "head")).key_name == "MyLoss"
 

@@ -8,9 +8,9 @@ the statistic's null variance.
 """
 
 import json
-import random
+import sys
+from pathlib import Path
 
-import datasets
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,9 @@ from hf_pairdots.loss import FullModelLoss, PreparedData, TrainLoss, make_train_
 from hf_pairdots.models import tiny_bert
 from hf_pairdots.report import REPORT_NAME, render_html
 from hf_pairdots.solve import compute_s_test
+
+sys.path.insert(0, str(Path(__file__).parent / "golden"))
+from make_golden import sentiment_dataset, sentiment_rows, trained_tiny_bert  # noqa: E402  (the golden run's data)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -270,45 +273,18 @@ def test_tail_disagreement_rejects_bad_input():
 # The pipeline: ExplainArguments.suspicious, suspicious.json, meta, report, CLI
 # --------------------------------------------------------------------------------------------
 
-NAMES = ["neg", "pos"]
-POS = ["good", "great", "happy", "fine", "nice"]
-NEG = ["bad", "awful", "sad", "poor", "dull"]
-FILLER = ["the", "movie", "was", "plot", "actor", "story", "a", "film", "scene", "about"]
 NOISY = [3, 10]  # training rows whose label is flipped
-
-
-def _rows(seed, n):
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        words = rng.sample(FILLER, 4) + [rng.choice(POS if i % 2 else NEG)]
-        rng.shuffle(words)
-        rows.append({"text": " ".join(words), "label": i % 2})
-    return rows
-
-
-def _dataset(rows):
-    return datasets.Dataset.from_list(rows).cast_column("label", datasets.ClassLabel(names=NAMES))
 
 
 @pytest.fixture(scope="module")
 def noisy(tok):
     """40 sentences, one sentiment word each, rows 3 and 10 with the wrong label, and a tiny BERT
     after 30 Adam steps on them (as the golden run's); a clean dev set of 10."""
-    rows = _rows(0, 40)
+    rows = sentiment_rows(0, 40)
     for i in NOISY:
         rows[i]["label"] = 1 - rows[i]["label"]
-    train = _dataset(rows)
-    model = tiny_bert(seed=0)
-    enc = tok(list(train["text"]), padding=True, return_tensors="pt")
-    labels = torch.tensor(train["label"])
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(30):
-        optimiser.zero_grad()
-        model(**enc, labels=labels).loss.backward()
-        optimiser.step()
-    return model.eval(), train, _dataset(_rows(1, 10))
+    train = sentiment_dataset(rows)
+    return trained_tiny_bert(tok, train), train, sentiment_dataset(sentiment_rows(1, 10))
 
 
 def test_explain_dataset_lists_the_suspicious_training_examples(noisy, tok, tmp_path):
@@ -351,7 +327,7 @@ def test_find_suspicious_without_dev_labels_and_with_empty_training_rows(noisy, 
     and the listed indices stay the dataset's rows."""
     model, train, dev = noisy
     rows = [{"text": "   ", "label": 0}] + train.to_list()
-    examples, diagnostics = find_suspicious(model, tok, _dataset(rows), dev.remove_columns("label"),
+    examples, diagnostics = find_suspicious(model, tok, sentiment_dataset(rows), dev.remove_columns("label"),
                                             ExplainArguments(max_length=16, suspicious=2))
     assert sorted(e["train_index"] for e in examples) == [i + 1 for i in NOISY]
     assert "skipped" in diagnostics["dev_loss"]

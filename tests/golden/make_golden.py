@@ -22,7 +22,8 @@ NEG = ["bad", "awful", "sad", "poor", "dull"]
 FILLER = ["the", "movie", "was", "plot", "actor", "story", "a", "film", "scene", "about"]
 
 
-def _rows(seed: int, n: int) -> list[dict]:
+def sentiment_rows(seed: int, n: int) -> list[dict]:
+    """n five-word sentences, one sentiment word each (label i % 2), seeded."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
@@ -33,11 +34,12 @@ def _rows(seed: int, n: int) -> list[dict]:
     return rows
 
 
-def _dataset(rows):
+def sentiment_dataset(rows):
     return datasets.Dataset.from_list(rows).cast_column("label", datasets.ClassLabel(names=NAMES))
 
 
-def _trained_model(tok, train):
+def trained_tiny_bert(tok, train):
+    """A tiny BERT (seed 0) after 30 full-batch Adam steps (lr 3e-3) on ``train``, in eval mode."""
     from hf_pairdots.models import tiny_bert
 
     model = tiny_bert(seed=0)
@@ -62,7 +64,7 @@ def golden_run(out: Path) -> dict:
     report's text and the summary without timings."""
     from hf_pairdots.arguments import ExplainArguments, SolverOptions
     from hf_pairdots.augment.dataset import apply_edits, collect_edits, explain_labels
-    from hf_pairdots.callback import explain_dataset
+    from hf_pairdots.pipeline import explain_dataset
     from hf_pairdots.models import load_tokenizer
     from hf_pairdots.report import ExplanationStore
 
@@ -71,8 +73,8 @@ def golden_run(out: Path) -> dict:
     torch.set_num_threads(1)
     try:
         tok = load_tokenizer()
-        train, dev = _dataset(_rows(0, 40)), _dataset(_rows(1, 6))
-        model = _trained_model(tok, train)
+        train, dev = sentiment_dataset(sentiment_rows(0, 40)), sentiment_dataset(sentiment_rows(1, 6))
+        model = trained_tiny_bert(tok, train)
         args = ExplainArguments(queries="all", labels=explain_labels("fix"), top_k=4, max_length=16, edit="fix",
                                 solver=SolverOptions(solver="cg"))
         summary = explain_dataset(model, tok, train, dev, args, out)
