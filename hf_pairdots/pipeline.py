@@ -104,6 +104,15 @@ def select_queries(texts, golds, probs, args: ExplainArguments, unscorable: dict
     return chosen[:args.max_queries], skipped
 
 
+RANKING_NOTES = {
+    "raw": "raw: top-k by Eq. 5's influence I(z, m)",
+    "unit": "unit: top-k by I(z, m) / ||∇θ L(z)||, unit-normalised training gradients; "
+            "the influence shown is Eq. 5's I(z, m)",
+}
+"""How the report and meta.json say which ``ranking`` ordered the top-k (the influence a record
+shows is always the raw I(z, m), so under ``"unit"`` it need not decrease with the rank)."""
+
+
 def encode_queries(tokenizer, texts, max_length: int) -> tuple[dict[int, EncodedText], dict[int, str]]:
     """Every text of a query split tokenised once: ``({row: EncodedText}, {row: reason})``, the
     second for the rows in which no word can be scored (empty, every word deleted by the
@@ -243,8 +252,8 @@ def _explain_dataset(model, tokenizer, train, queries_ds, args, out: Path, chunk
                "seconds": round(time.perf_counter() - start, 1)}
     skipped_train = (explainer.skipped_train_rows if explainer is not None
                      else skipped_rows(tokenizer, list(train["text"]), args.max_length))
-    full_meta = {**meta, **summary, "skipped_rows": skipped, "train_size": len(train),
-                 **({"skipped_train_rows": skipped_train} if skipped_train else {})}
+    full_meta = {**meta, **summary, "ranking": RANKING_NOTES[args.ranking], "skipped_rows": skipped,
+                 "train_size": len(train), **({"skipped_train_rows": skipped_train} if skipped_train else {})}
     suspicious = None
     if args.suspicious:
         suspicious = _write_suspicious(model, tokenizer, train, queries_ds, args, out, full_meta)

@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent / "golden"))
 
-from make_golden import _dataset, _rows, _trained_model  # noqa: E402
+from make_golden import sentiment_dataset, sentiment_rows, trained_tiny_bert  # noqa: E402
 
 from hf_pairdots import IncompatibleRunError  # noqa: E402
 from hf_pairdots.arguments import ExplainArguments, SolverOptions  # noqa: E402
@@ -34,8 +34,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def setup(tok):
     """The golden run's tiny BERT, trained on 40 rows, and its 6 dev rows."""
     torch.manual_seed(0)
-    train, dev = _dataset(_rows(0, 40)), _dataset(_rows(1, 6))
-    return _trained_model(tok, train), train, dev
+    train, dev = sentiment_dataset(sentiment_rows(0, 40)), sentiment_dataset(sentiment_rows(1, 6))
+    return trained_tiny_bert(tok, train), train, dev
 
 
 ARGS = ExplainArguments(queries="all", max_queries=1, top_k=2, max_length=16, solver=SolverOptions(solver="cg"))
