@@ -80,9 +80,10 @@ def test_regression_saliency_is_the_gradient_of_the_predicted_value(tok):
     assert sal.probability == pytest.approx(value)  # reported S is the value, not a softmax over one logit (= 1)
 
 
-def test_explainer_refuses_regression_before_work(tok):
-    with pytest.raises(UnsupportedModelError, match="problem_type='regression'"):
-        Explainer(_model("regression", 1), tok, TEXTS, [0.1, 0.2, 0.3, 0.4], ExplainArguments())
+def test_explainer_refuses_multi_output_regression_before_work(tok):
+    """One output is explained per regression query (tests/test_problem_explainer.py explains it)."""
+    with pytest.raises(UnsupportedModelError, match="problem_type='regression' with num_labels=2"):
+        Explainer(_model("regression", 2), tok, TEXTS, [[0.1, 0.0]] * 4, ExplainArguments())
 
 
 def test_label_smoothing_warns():
