@@ -54,7 +54,7 @@ from .measurement import SaliencyMeasurement, measurement_gradients
 from .modeling import (MULTI_LABEL, REGRESSION, SINGLE_LABEL, autocast_disabled, check_labels, find_embedding_block,
                        first_position_only, eval_eager_mode, predict_encoded, prepare_model, problem_type,
                        unwrap_model)
-from .problem import explained_outputs, prediction
+from .problem import THRESHOLD, explained_outputs, prediction
 from .modeling import predict_proba  # noqa: F401  (its old home: the name stays importable from here)
 from .records import Explanation, LabelExplanation, ProposedEdit, SolveDiagnostics, TrainAttribution
 from .saliency import text_saliency
@@ -73,9 +73,10 @@ class Query:
     id, a multi-hot row (multi-label) or a float target (regression).
 
     ``encoded`` (the text tokenised with the Explainer's ``max_length``) and ``probabilities``
-    (``(num_labels,)``, the model's scores on the CPU: :func:`~hf_pairdots.modeling.output_scores`), when the caller has them already (query
-    selection computes both), so that :meth:`Explainer.explain` neither tokenises the text again
-    nor runs a forward pass for its prediction.
+    (``(num_labels,)``, the model's scores on the CPU: :func:`~hf_pairdots.modeling.output_scores`),
+    when the caller has them already (query selection computes both), so that
+    :meth:`Explainer.explain` neither tokenises the text again nor runs a forward pass for its
+    prediction.
     """
 
     index: int
@@ -516,7 +517,7 @@ class Explainer:
         if self.problem_type == REGRESSION:
             return None
         if self.problem_type == MULTI_LABEL:
-            return [self.label_names[y] for y, on in enumerate(label) if float(on) >= 0.5]
+            return [self.label_names[y] for y, on in enumerate(label) if float(on) >= THRESHOLD]
         return self.label_names[label]
 
 

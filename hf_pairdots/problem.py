@@ -55,7 +55,8 @@ def gold_problem(kind: str, gold, num_labels: int) -> str | None:
     if kind == SINGLE_LABEL:
         return None if 0 <= gold < num_labels else f"label {gold} outside the model's {num_labels} labels"
     if kind == REGRESSION:
-        return None if isinstance(gold, (int, float)) and math.isfinite(gold) else f"target {gold!r} is not a finite number"
+        finite = isinstance(gold, (int, float)) and math.isfinite(gold)
+        return None if finite else f"target {gold!r} is not a finite number"
     row = list(gold) if isinstance(gold, (list, tuple)) else None
     if row is None or len(row) != num_labels or not all(0 <= float(v) <= 1 for v in row):
         return f"label {gold!r} is not a multi-hot row of the model's {num_labels} labels"

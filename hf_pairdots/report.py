@@ -32,6 +32,7 @@ from jinja2 import Environment, PackageLoader
 
 from .io import atomic_replace_dir, atomic_write_text
 from .constants import MULTI_LABEL, REGRESSION
+from .problem import THRESHOLD
 from .records import Explanation, LabelExplanation, as_explanation, check_finite
 
 JSONL_NAME = "explanations.jsonl"
@@ -217,9 +218,9 @@ def _sides(record: Explanation) -> tuple[str, str]:
         gold = "unlabelled" if record.gold is None else f"{record.gold:.4g}"
         return gold, f"{record.predicted:.4g}"
     if record.problem_type == MULTI_LABEL:
-        def row(on, names):
-            shown = [f"{name} ({probs[y]:.3f})" for name, y in zip(names, [y for y, v in enumerate(on) if v >= 0.5])]
-            return ", ".join(shown) or "none"
+        def row(on, names):  # names: those of the labels on, in label order
+            labels = [y for y, v in enumerate(on) if v >= THRESHOLD]
+            return ", ".join(f"{name} ({probs[y]:.3f})" for name, y in zip(names, labels)) or "none"
         gold = "unlabelled" if record.gold is None else row(record.gold, record.gold_name)
         return gold, row(record.predicted, record.predicted_name)
     gold = "unlabelled" if record.gold is None else f"{record.gold_name} ({probs[record.gold]:.3f})"
