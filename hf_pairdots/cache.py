@@ -142,14 +142,25 @@ def fingerprint_tokenizer(tokenizer) -> str:
     return h.hexdigest()
 
 
-def fingerprint_texts(texts: Sequence[str], labels: Sequence[int]) -> str:
+def _label_text(label) -> str:
+    """A label as hashed: ``str(int)`` for a class id (as before float targets were allowed), the
+    ``repr`` of a float target, the bracketed ``repr``s of a row's values."""
+    if isinstance(label, (list, tuple)):
+        return "[" + ",".join(repr(float(v)) for v in label) + "]"
+    if isinstance(label, float):
+        return repr(label)
+    return str(int(label))
+
+
+def fingerprint_texts(texts: Sequence[str], labels: Sequence) -> str:
     """sha256 of the training set: every (text, label) pair, in order (the order matters:
-    LiSSA's mini-batches and the score columns follow it). Cost: one pass over the texts.
+    LiSSA's mini-batches and the score columns follow it). Labels are class ids, float targets
+    (regression; by ``repr``) or multi-hot rows (their values' ``repr``s). Cost: one pass over the texts.
 
     Raises:
         ValueError: ``texts`` and ``labels`` differ in length.
     """
-    texts, labels = list(texts), [int(y) for y in labels]
+    texts, labels = list(texts), [_label_text(y) for y in labels]
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
     h = hashlib.sha256(f"n={len(texts)}\0".encode())

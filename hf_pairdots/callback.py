@@ -40,10 +40,13 @@ import logging
 import warnings
 from pathlib import Path
 
-from transformers import TrainerCallback
+import torch
+from transformers import Trainer, TrainerCallback
 
 from .arguments import ExplainArguments
 from .distributed import is_distributed
+from .loss import example_losses
+from .modeling import eval_mode, model_device, problem_type, unwrap_model
 from .pipeline import META_NAME, SUSPICIOUS_NAME, explain_dataset, find_suspicious, select_queries
 
 __all__ = ["META_NAME", "SUSPICIOUS_NAME", "PairDotsCallback", "explain_dataset", "find_suspicious", "select_queries"]
@@ -143,6 +146,8 @@ class PairDotsCallback(TrainerCallback):
         if train is None or "text" not in train.column_names:
             raise ValueError("PairDotsCallback: the Trainer's train dataset has no 'text' column; pass train_dataset=")
         warn_if_loss_differs(train_args)
+        if self.trainer is not None:
+            warn_if_trainer_loss_differs(self.trainer, kwargs["model"])
         self.last_summary = explain_dataset(kwargs["model"], tokenizer, train, self.query_dataset, self.args, out,
                                             show_progress=not train_args.disable_tqdm,
                                             meta={"global_step": state.global_step,
@@ -171,3 +176,37 @@ def warn_if_loss_differs(train_args) -> bool:
                       UserWarning, stacklevel=2)
         return True
     return False
+
+
+def warn_if_trainer_loss_differs(trainer, model, rtol: float = 1e-4) -> bool:
+    """Warn (``UserWarning``) when a Trainer with its own loss (a subclass overriding
+    ``compute_loss``, e.g. class-weighted cross-entropy, or a ``compute_loss_func``) gives another
+    value than the loss influence differentiates (:func:`~hf_pairdots.loss.example_losses`, the
+    model's own ``outputs.loss``) on the first training batch, beyond relative ``rtol``: the scores
+    then describe the minimum of another loss. A Trainer without its own loss is not checked.
+    Only an attached callback (:meth:`PairDotsCallback.attach`) knows its Trainer; a plain
+    callback is never handed it, so this check needs ``attach``. Returns whether it warned.
+
+    Cost: two forward passes of one training batch, in eval mode, without gradients (the
+    model's mode is restored).
+    """
+    custom = type(trainer).compute_loss is not Trainer.compute_loss or getattr(trainer, "compute_loss_func", None)
+    if not custom:
+        return False
+    net = unwrap_model(model)
+    device = model_device(net)
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in
+             next(iter(trainer.get_train_dataloader())).items()}
+    if "labels" not in batch:  # nothing to compare the loss with
+        return False
+    with eval_mode(net), torch.no_grad():
+        trained = float(trainer.compute_loss(net, dict(batch)))
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        own = float(example_losses(net(**inputs).logits, batch["labels"], problem_type(net)).mean())
+    if abs(trained - own) <= rtol * max(abs(own), 1e-12):
+        return False
+    warnings.warn(f"{type(trainer).__name__}.compute_loss gives {trained:.6g} on the first training batch, but "
+                  f"influence differentiates the model's own loss ({own:.6g}: plain {problem_type(net)} loss, no "
+                  "class weights); the scores describe the minimum of that loss, not of the one trained "
+                  "(Explainer.train_gradient_norm says how far off the point is)", UserWarning, stacklevel=2)
+    return True

@@ -77,3 +77,11 @@ Ranking = Literal["raw", "unit"]
 RANKINGS: tuple[str, ...] = get_args(Ranking)
 """How training examples are ranked for a measurement (:func:`hf_pairdots.influence.rank_scores`):
 by Eq. 5's I(z, m), or by I(z, m) / ||∇θ L(z)||₂ (unit-normalised training gradients)."""
+
+# The training problems of a ``*ForSequenceClassification`` head (``config.problem_type``).
+__all__ += ["MULTI_LABEL", "PROBLEM_TYPES", "REGRESSION", "SINGLE_LABEL"]
+
+SINGLE_LABEL, MULTI_LABEL, REGRESSION = "single_label_classification", "multi_label_classification", "regression"
+PROBLEM_TYPES: tuple[str, ...] = (SINGLE_LABEL, MULTI_LABEL, REGRESSION)
+"""The values of ``config.problem_type`` a ``*ForSequenceClassification`` head trains with
+(:func:`hf_pairdots.modeling.problem_type`)."""

@@ -51,8 +51,10 @@ from .influence import gradient_norms, prepare_word_variants, rank_scores, word_
 from .errors import UnsupportedModelError
 from .loss import make_train_loss, mean_gradient_norm, prepare_data
 from .measurement import SaliencyMeasurement, measurement_gradients
-from .modeling import (SINGLE_LABEL, autocast_disabled, find_embedding_block, first_position_only, eval_eager_mode,
-                       predict_encoded, prepare_model, problem_type)
+from .modeling import (MULTI_LABEL, REGRESSION, SINGLE_LABEL, autocast_disabled, check_labels, find_embedding_block,
+                       first_position_only, eval_eager_mode, predict_encoded, prepare_model, problem_type,
+                       unwrap_model)
+from .problem import THRESHOLD, explained_outputs, prediction
 from .modeling import predict_proba  # noqa: F401  (its old home: the name stays importable from here)
 from .records import Explanation, LabelExplanation, ProposedEdit, SolveDiagnostics, TrainAttribution
 from .saliency import text_saliency
@@ -67,17 +69,19 @@ RESIDUAL_EXAMPLES = 256
 @dataclass
 class Query:
     """One example to explain: its row ``index`` in the query split, ``text`` and ``gold`` label
-    (``None`` when the split has no labels: only the predicted label is explained then).
+    (``None`` when the split has no labels: only the predicted label is explained then): a class
+    id, a multi-hot row (multi-label) or a float target (regression).
 
     ``encoded`` (the text tokenised with the Explainer's ``max_length``) and ``probabilities``
-    (``(num_labels,)``, the model's on the CPU), when the caller has them already (query
-    selection computes both), so that :meth:`Explainer.explain` neither tokenises the text again
-    nor runs a forward pass for its prediction.
+    (``(num_labels,)``, the model's scores on the CPU: :func:`~hf_pairdots.modeling.output_scores`),
+    when the caller has them already (query selection computes both), so that
+    :meth:`Explainer.explain` neither tokenises the text again nor runs a forward pass for its
+    prediction.
     """
 
     index: int
     text: str
-    gold: int | None
+    gold: int | float | list | None
     encoded: EncodedText | None = dataclasses.field(default=None, repr=False, compare=False)
     probabilities: torch.Tensor | None = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -125,13 +129,18 @@ class Explainer:
             while construction, :meth:`explain` and :meth:`solve` run
             (:func:`~hf_pairdots.modeling.eval_eager_mode`; its own modes back afterwards).
         tokenizer: its tokenizer.
-        train_texts, train_labels: the training set (the Hessian and the candidates). Rows in
+        train_texts, train_labels: the training set (the Hessian and the candidates); labels as
+            the model's loss reads them (class ids, multi-hot rows, float targets). Rows in
             which no word can be scored (empty or whitespace only, or every word deleted by the
             tokenizer's normaliser: the model would see special tokens only) are left out of
             both and listed in :attr:`skipped_train_rows`; records still give every training
             example by its row here (``train_index``), and no skipped row gets a score.
         args: :class:`~hf_pairdots.arguments.ExplainArguments`.
-        label_names: names of the labels (default ``model.config.id2label``).
+        label_names: names of the labels (default ``model.config.id2label``; none for regression).
+
+    Problem types (``config.problem_type``; :mod:`hf_pairdots.problem`): single-label (the paper),
+    multi-label (S_y the sigmoid probability, one record entry per wrong label, BCE training loss)
+    and regression with one output (S = the predicted value f(x), one entry per query, MSE).
 
     Construction, :meth:`explain` and :meth:`solve` run in float32 even inside a caller's
     ``torch.autocast`` region (:func:`~hf_pairdots.modeling.autocast_disabled`).
@@ -169,8 +178,11 @@ class Explainer:
 
     Raises:
         SaliencyError: the model has no embedding block, before any work.
-        UnsupportedModelError: a regression or multi-label model (``config.problem_type``), before
-            any work.
+        UnsupportedModelError: a regression model with more than one output, or ``args.edit`` for
+            a multi-label or regression model (the edit goals of Sec. 4.2-4.3 are defined for one
+            wrong and one gold class), or ``args.suspicious`` for them, before any work.
+        ValueError: training labels the model's loss cannot take (wrong shape, a class outside the
+            labels, a non-finite target; :func:`~hf_pairdots.modeling.check_labels`), before any pass.
         ValueError: no training row can be scored, before any work.
         IndefiniteHessianError: a user-set ``damping`` leaves H + λI indefinite (a ``ValueError``;
             :func:`~hf_pairdots.ihvp.check_positive_definite`), before any query.
@@ -185,14 +197,14 @@ class Explainer:
 
     def _setup(self, model, tokenizer, train_texts, train_labels, args, label_names, show_progress) -> None:
         find_embedding_block(model)  # SaliencyError now rather than after the training-side work
-        if problem_type(model) != SINGLE_LABEL:
-            raise UnsupportedModelError(
-                f"Explainer explains single-label classifiers (records name a predicted and a gold class); this model "
-                f"has problem_type={problem_type(model)!r}. Its training loss and saliency are supported by "
-                "hf_pairdots.loss.make_train_loss and hf_pairdots.saliency.saliency (sigmoid / predicted value)")
+        self.problem_type = kind = problem_type(model)
+        check_problem(model, args)
+        if kind != SINGLE_LABEL:  # float targets and multi-hot rows: their shape checked before they are read
+            check_labels(model, torch.as_tensor(list(train_labels)))
         self.model, self.tokenizer, self.args = model, tokenizer, args
-        self.train_texts, self.train_labels = list(train_texts), [int(y) for y in train_labels]
-        self.label_names = list(label_names or [model.config.id2label[i] for i in range(model.config.num_labels)])
+        self.train_texts, self.train_labels = list(train_texts), [_label(kind, y) for y in train_labels]
+        self.label_names = None if kind == REGRESSION else list(
+            label_names or [model.config.id2label[i] for i in range(model.config.num_labels)])
         self.show_progress = show_progress
         self.skipped_train_rows = skipped_rows(tokenizer, self.train_texts, args.max_length)
         skipped = {row["index"] for row in self.skipped_train_rows}
@@ -403,15 +415,9 @@ class Explainer:
         per query for all its labels: the same text, so no padding)."""
         rows = []
         for i, q in enumerate(queries):
-            ranked = probs[i].argsort(descending=True).tolist()
-            wrong = ranked[0]
-            if self.args.edit == "attack" and wrong == q.gold and len(ranked) > 1:
-                wrong = ranked[1]  # y' of Eq. 10 must be a wrong label: the runner-up
-            roles = {"predicted": wrong, "gold": q.gold}
-            explained = {}  # label -> role, the first role that names it
-            for role in self.args.labels:
-                if roles[role] is not None:
-                    explained.setdefault(roles[role], role)
+            # label -> role (problem.explained_outputs: y' and y; the wrong labels; the one output)
+            explained = explained_outputs(self.problem_type, probs[i], q.gold, self.args.labels,
+                                          attack=self.args.edit == "attack")
             if not explained:
                 continue
             maps = text_saliency(self.model, encoded[i], list(explained), mode=self.args.saliency_mode,
@@ -473,7 +479,7 @@ class Explainer:
             scored = set(self._variants[index]["word_index"])  # the words Eq. 8 erased (have a token)
             values = per_word.tolist()
             word_scores = [x if t in scored else None for t, x in enumerate(values)]
-            entry = TrainAttribution(index, text, label, self.label_names[label], influence, text.split(), word_scores,
+            entry = TrainAttribution(index, text, label, self._names(label), influence, text.split(), word_scores,
                                      responsible_word=max(sorted(scored), key=values.__getitem__))
             if self.lexicon is not None and rank < edit_top_k:
                 entry.edit = self._edit(text, label, s_test, role, per_word, index)
@@ -496,14 +502,57 @@ class Explainer:
 
     def _record(self, query: Query, encoded: EncodedText, probs: torch.Tensor, rows: list[dict],
                 diagnostics: SolveDiagnostics) -> Explanation:
-        predicted = int(probs.argmax())
-        labels = [LabelExplanation(row["label"], self.label_names[row["label"]], row["role"],
+        predicted = prediction(self.problem_type, probs)
+        names = self.label_names
+        labels = [LabelExplanation(row["label"], None if names is None else names[row["label"]], row["role"],
                                    row["saliency"].probability, row["saliency"].scores, row["salient_word"],
                                    row["top_train"]) for row in rows]
-        return Explanation(query.index, query.text, query.gold,
-                           None if query.gold is None else self.label_names[query.gold], predicted,
-                           self.label_names[predicted], probs.tolist(), encoded.words, encoded.truncated, labels,
-                           diagnostics)
+        return Explanation(query.index, query.text, _label(self.problem_type, query.gold),
+                           None if query.gold is None else self._names(query.gold), predicted,
+                           self._names(predicted), None if self.problem_type == REGRESSION else probs.tolist(),
+                           encoded.words, encoded.truncated, labels, diagnostics, self.problem_type)
+
+    def _names(self, label):
+        """The name of a class id, the names of a multi-hot row's labels, ``None`` for a regression value."""
+        if self.problem_type == REGRESSION:
+            return None
+        if self.problem_type == MULTI_LABEL:
+            return [self.label_names[y] for y, on in enumerate(label) if float(on) >= THRESHOLD]
+        return self.label_names[label]
+
+
+def check_problem(model: nn.Module, args: ExplainArguments) -> None:
+    """Refuse what the Explainer cannot explain for the model's ``config.problem_type``, before any
+    work: regression with several outputs (a record explains one value), and edits or suspicious
+    examples for multi-label or regression models (defined for one wrong and one gold class).
+
+    Raises:
+        UnsupportedModelError: naming the option or the number of outputs.
+    """
+    kind, outputs = problem_type(model), unwrap_model(model).config.num_labels
+    if kind == REGRESSION and outputs != 1:
+        raise UnsupportedModelError(f"problem_type='regression' with num_labels={outputs}: the "
+                                    "Explainer explains one predicted value per query (num_labels=1); explain each "
+                                    "output with hf_pairdots.saliency.saliency and a SaliencyMeasurement instead")
+    if kind != SINGLE_LABEL:
+        for option, value in (("edit", args.edit), ("suspicious", args.suspicious)):
+            if value:
+                raise UnsupportedModelError(
+                    f"ExplainArguments.{option}={value!r} is defined for single-label classifiers (one wrong and one "
+                    f"gold class); this model has problem_type={kind!r}: leave {option} unset")
+
+
+def _label(kind: str, label):
+    """A label as records hold it: ``int`` class id, ``float`` target, multi-hot ``list`` (ints where
+    the values are whole), ``None`` kept."""
+    if label is None:
+        return None
+    if kind == SINGLE_LABEL:
+        return int(label)
+    if kind == REGRESSION:
+        return float(label.item() if isinstance(label, torch.Tensor) and label.numel() == 1 else label)
+    row = label.tolist() if isinstance(label, torch.Tensor) else list(label)
+    return [int(v) if float(v).is_integer() else float(v) for v in row]
 
 
 def _row_metadata(result) -> list[dict]:

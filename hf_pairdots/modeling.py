@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .constants import MULTI_LABEL, PROBLEM_TYPES, REGRESSION, SINGLE_LABEL
 from .errors import SaliencyError, UnsupportedModelError
 from .text import EncodedText, pad_encoded
 
@@ -397,9 +398,6 @@ def sequence_length(inputs: dict) -> int:
     return inputs[key].shape[1]
 
 
-SINGLE_LABEL, MULTI_LABEL, REGRESSION = "single_label_classification", "multi_label_classification", "regression"
-PROBLEM_TYPES = (SINGLE_LABEL, MULTI_LABEL, REGRESSION)
-"""The values of ``config.problem_type`` a ``*ForSequenceClassification`` head trains with."""
 
 
 def problem_type(model: nn.Module) -> str:
@@ -428,6 +426,16 @@ def label_tensor(model: nn.Module, labels) -> Tensor:
     kind = problem_type(model)
     dtype = torch.long if kind == SINGLE_LABEL else torch.float32
     return torch.as_tensor(labels if isinstance(labels, Tensor) else list(labels), dtype=dtype)
+
+
+def output_scores(logits: Tensor, kind: str = SINGLE_LABEL) -> Tensor:
+    """The model's scores of its ``(B, K)`` logits, float32 ``(B, K)`` on their device: the softmax
+    probabilities (single-label), the per-label sigmoid probabilities (multi-label) or the
+    predicted values themselves (regression), following ``kind`` (:func:`problem_type`)."""
+    logits = logits.float()
+    if kind == SINGLE_LABEL:
+        return logits.softmax(-1)
+    return torch.sigmoid(logits) if kind == MULTI_LABEL else logits
 
 
 def check_outputs(model: nn.Module, labels: Tensor) -> None:
@@ -497,8 +505,9 @@ def predict_proba(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_si
 @autocast_disabled()
 def predict_encoded(model: nn.Module, tokenizer, encoded: Sequence[EncodedText], *, batch_size: int = 64,
                     show_progress: bool = False) -> torch.Tensor:
-    """Class probabilities ``(N, num_labels)`` of already tokenised texts, float32 on the CPU, in
-    their order.
+    """The model's scores ``(N, num_labels)`` of already tokenised texts, float32 on the CPU, in
+    their order: class probabilities (softmax; sigmoid per label for a multi-label model) or, for
+    a regression model, the predicted values (:func:`output_scores`).
 
     The forward passes run on the model's device, over batches of texts of similar length (sorted
     by word count, so little padding), the last feed-forward block on position 0 only for the
@@ -508,10 +517,10 @@ def predict_encoded(model: nn.Module, tokenizer, encoded: Sequence[EncodedText],
     """
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].words))
     out = torch.empty(len(encoded), model.config.num_labels)
-    device = model_device(model)
+    device, kind = model_device(model), problem_type(model)
     with eval_mode(model), first_position_only(model):  # a model straight out of Trainer.train() is in train mode
         for start in tqdm(range(0, len(encoded), batch_size), disable=not show_progress, desc="predict"):
             rows = order[start:start + batch_size]
             batch = pad_encoded(tokenizer, [encoded[i] for i in rows])
-            out[rows] = model(**model_inputs(batch, device)).logits.float().softmax(-1).cpu()
+            out[rows] = output_scores(model(**model_inputs(batch, device)).logits, kind).cpu()
     return out

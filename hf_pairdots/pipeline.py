@@ -36,10 +36,11 @@ from .arguments import PREDATES, ExplainArguments
 from .augment.dataset import EditCollection, apply_edits, collect_edits, explain_labels, explain_mode
 from .distributed import broadcast_object, is_distributed, is_main_process
 from .errors import IncompatibleRunError
-from .explain import Explainer, Query, skipped_rows
+from .explain import Explainer, Query, check_problem, skipped_rows
 from .influence import mean_loss_gradient, self_influence, tail_disagreement, train_influence
 from .loss import make_train_loss, prepare_data
-from .modeling import influence_mode, predict_encoded
+from .modeling import REGRESSION, SINGLE_LABEL, influence_mode, predict_encoded, problem_type
+from .problem import gold_problem, is_error, regression_errors
 from .records import Explanation
 from .report import JSONL_NAME, ExplanationStore, atomic_write_text, write_dataset, write_report
 from .solve import compute_s_test
@@ -74,33 +75,48 @@ logger = logging.getLogger(__name__)
 
 
 def select_queries(texts, golds, probs, args: ExplainArguments, unscorable: dict[int, str] | None = None,
-                   encoded: dict[int, EncodedText] | None = None) -> tuple[list[Query], list[dict]]:
+                   encoded: dict[int, EncodedText] | None = None,
+                   kind: str = SINGLE_LABEL) -> tuple[list[Query], list[dict]]:
     """Queries to explain and the rows skipped with their reason.
 
-    ``probs`` ``(N, num_labels)``: the model's probabilities of every text, which the queries
+    ``probs`` ``(N, num_labels)``: the model's scores of every text (probabilities; predicted
+    values for regression: :func:`~hf_pairdots.modeling.output_scores`), which the queries
     carry (``Query.probabilities``: not predicted again); ``encoded``: ``{row: EncodedText}``,
     the texts tokenised with ``args.max_length``, which they carry too (not tokenised again).
 
     Skips the rows of ``unscorable`` (``{row: reason}``: texts in which no word can be scored,
     see :func:`~hf_pairdots.text.unscorable_texts`; default: the empty/whitespace texts)
-    and gold labels outside the model's labels (reason given);
+    and gold labels the model's outputs cannot be compared with (reason given,
+    :func:`~hf_pairdots.problem.gold_problem`);
     ``None`` gold (unlabelled data) is kept and only the predicted label is explained. An
     unlabelled row is never misclassified: with ``queries="misclassified"`` it is not selected
     (an unlabelled split gives 0 queries; use ``"all"`` or ``"indices"``).
+
+    ``kind`` (the model's ``config.problem_type``) says what misclassified means
+    (:mod:`hf_pairdots.problem`): argmax != gold; a multi-label row with some label wrong at
+    threshold 0.5; for regression the rows whose |prediction - target| exceeds the split's
+    root-mean-square error, the ``max_queries`` largest (:func:`~hf_pairdots.problem.regression_errors`).
     """
     num_labels = probs.shape[1] if len(probs) else 0
     chosen, skipped = [], []
     rows = args.query_indices if args.queries == "indices" else range(len(texts))
     if unscorable is None:
         unscorable = {i: "empty or whitespace-only text" for i, text in enumerate(texts) if not text.strip()}
+    kept = []
     for i in rows:
         gold = golds[i]
-        if i in unscorable:
-            skipped.append({"index": i, "reason": unscorable[i]})
-        elif gold is not None and not 0 <= gold < num_labels:
-            skipped.append({"index": i, "reason": f"label {gold} outside the model's {num_labels} labels"})
-        elif args.queries != "misclassified" or (gold is not None and int(probs[i].argmax()) != gold):
-            chosen.append(Query(i, texts[i], gold, (encoded or {}).get(i), probs[i]))
+        reason = unscorable.get(i) or gold_problem(kind, gold, num_labels)
+        if reason is not None:
+            skipped.append({"index": i, "reason": reason})
+        else:
+            kept.append(i)
+    if args.queries != "misclassified":
+        picked = kept
+    elif kind == REGRESSION:
+        picked = regression_errors(probs[:, 0], golds, [i for i in kept if golds[i] is not None], args.max_queries)
+    else:
+        picked = [i for i in kept if golds[i] is not None and is_error(kind, probs[i], golds[i])]
+    chosen = [Query(i, texts[i], golds[i], (encoded or {}).get(i), probs[i]) for i in picked]
     return chosen[:args.max_queries], skipped
 
 
@@ -207,8 +223,11 @@ def explain_dataset(model, tokenizer, train, queries_ds, args: ExplainArguments,
         IncompatibleRunError: ``out`` already holds explanations made with other options
             (:func:`resume_mismatch`; the message names each differing option, saved and new
             value), before the model is touched.
+        UnsupportedModelError: options the model's problem type does not support
+            (:func:`~hf_pairdots.explain.check_problem`), before the model is touched.
     """
     _check_resumable(Path(out), args)
+    check_problem(model, args)
     with influence_mode(model) as model:
         return _explain_dataset(model, tokenizer, train, queries_ds, args, Path(out), chunk_size, show_progress,
                                 meta or {})
@@ -228,7 +247,7 @@ def _explain_dataset(model, tokenizer, train, queries_ds, args, out: Path, chunk
     if encoded:
         probs[list(encoded)] = predict_encoded(model, tokenizer, list(encoded.values()), batch_size=args.batch_size,
                                                show_progress=show_progress)
-    queries, skipped = select_queries(texts, golds, probs, args, unscorable, encoded)
+    queries, skipped = select_queries(texts, golds, probs, args, unscorable, encoded, problem_type(model))
     pending = [q for q in queries if q.index not in store.done_indices()] if main else []
     if is_distributed():  # rank 0's store decides; every rank must run the same chunks
         [pending_indices] = broadcast_object([q.index for q in pending])

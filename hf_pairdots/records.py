@@ -15,7 +15,15 @@ Sign convention: ``influence`` and ``word_influence`` are I(z, m) = -∇θ m(θ)
 (Eq. 4-5): positive means up-weighting the training example raises the saliency of the query's
 salient word for that label. Roles: ``"predicted"`` is the wrong label y', ``"gold"`` is y.
 
-This module is a leaf: it imports nothing else of hf_pairdots.
+Problem types (``Explanation.problem_type``, written only when it is not single-label, so
+single-label records are as before): a multi-label record holds multi-hot ``gold`` /
+``predicted`` rows, their label names as lists, per-label sigmoid ``probabilities``, and one
+entry per wrong label (:func:`hf_pairdots.problem.explained_outputs`); a regression record holds
+float ``gold`` / ``predicted`` values, no names and no probabilities, and one entry whose
+``value`` is the prediction f(x) (S, the score saliency explains). Training examples keep their
+``label`` (a float target, a multi-hot row) and, except for regression, its names.
+
+This module is a leaf: it imports nothing else of hf_pairdots but its constants.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from .constants import REGRESSION, SINGLE_LABEL
 
 __all__ = [
     "Explanation",
@@ -107,7 +117,8 @@ class TrainAttribution:
 
     Attributes:
         train_index: its row in the training set the Explainer was given.
-        text, label, label_name: the example.
+        text, label, label_name: the example: its class id and name (single-label), multi-hot row
+            and the names of its labels (multi-label), or float target and ``None`` (regression).
         influence: I(z, w_y(e)) of Eq. 5 (sign: module docstring).
         words: its whitespace words; word_influence: Eq. 8 per word, ``None`` for a word with no
             token (not scored); responsible_word: index of the largest scored word influence.
@@ -116,8 +127,8 @@ class TrainAttribution:
 
     train_index: int
     text: str
-    label: int
-    label_name: str
+    label: int | float | list
+    label_name: str | list[str] | None
     influence: float
     words: list[str]
     word_influence: list[float | None]
@@ -125,9 +136,12 @@ class TrainAttribution:
     edit: ProposedEdit | None = None
 
     def to_dict(self) -> dict:
+        """The JSON entry; ``label_name`` left out when it is ``None`` (regression)."""
         out = {"train_index": self.train_index, "text": self.text, "label": self.label,
                "label_name": self.label_name, "influence": self.influence, "words": self.words,
                "word_influence": self.word_influence, "responsible_word": self.responsible_word}
+        if self.label_name is None:
+            del out["label_name"]
         if self.edit is not None:
             out["edit"] = self.edit.to_dict()
         return out
@@ -136,7 +150,7 @@ class TrainAttribution:
     def from_dict(cls, data: Mapping) -> TrainAttribution:
         edit = data.get("edit")
         return cls(train_index=data["train_index"], text=data["text"], label=data["label"],
-                   label_name=data["label_name"], influence=data["influence"], words=data["words"],
+                   label_name=data.get("label_name"), influence=data["influence"], words=data["words"],
                    word_influence=data["word_influence"], responsible_word=data["responsible_word"],
                    edit=None if edit is None else ProposedEdit.from_dict(edit))
 
@@ -146,30 +160,41 @@ class LabelExplanation:
     """One explained label of a query: its saliency map (Sec. 3.1) and responsible training examples.
 
     Attributes:
-        label, label_name: the label y explained; role: ``"predicted"`` (y') or ``"gold"`` (y).
-        probability: S_y, the model's probability of the label.
+        label, label_name: the label y explained (the output index, 0, and ``None`` for regression);
+            role: ``"predicted"`` (y'; multi-label: a label predicted but not gold) or ``"gold"``
+            (y; multi-label: a gold label not predicted).
+        probability: S_y, the model's probability of the label (sigmoid for multi-label); for
+            regression the predicted value f(x), written as ``value``.
         saliency: per whitespace word of the query, ``None`` for a word not scored.
         salient_word: index of the most salient word x_t (the measurement's word).
         top_train: the top-k training examples by descending influence.
     """
 
     label: int
-    label_name: str
+    label_name: str | None
     role: str
     probability: float
     saliency: list[float | None]
     salient_word: int
     top_train: list[TrainAttribution] = field(default_factory=list)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, problem_type: str = SINGLE_LABEL) -> dict:
+        """The JSON entry; for regression ``{"role", "value", "saliency", "salient_word", "top_train"}``
+        (one output: no label, name or probability)."""
+        top = [t.to_dict() for t in self.top_train]
+        if problem_type == REGRESSION:
+            return {"role": self.role, "value": self.probability, "saliency": self.saliency,
+                    "salient_word": self.salient_word, "top_train": top}
         return {"label": self.label, "label_name": self.label_name, "role": self.role,
                 "probability": self.probability, "saliency": self.saliency, "salient_word": self.salient_word,
-                "top_train": [t.to_dict() for t in self.top_train]}
+                "top_train": top}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> LabelExplanation:
-        return cls(label=data["label"], label_name=data["label_name"], role=data["role"],
-                   probability=data["probability"], saliency=data["saliency"], salient_word=data["salient_word"],
+        """Read one entry (either form of :meth:`to_dict`)."""
+        score = data["value"] if "value" in data else data["probability"]
+        return cls(label=data.get("label", 0), label_name=data.get("label_name"), role=data["role"],
+                   probability=score, saliency=data["saliency"], salient_word=data["salient_word"],
                    top_train=[TrainAttribution.from_dict(t) for t in data["top_train"]])
 
 
@@ -231,13 +256,16 @@ class Explanation:
 
     Attributes:
         query_index: the query's row in its split; text: its text.
-        gold, gold_name: its gold label (``None`` for an unlabelled query).
-        predicted, predicted_name: the model's prediction (argmax of ``probabilities``).
-        probabilities: softmax over the labels.
+        gold, gold_name: its gold label (``None`` for an unlabelled query): class id and name, multi-hot
+            row and the list of its label names (multi-label), float target and ``None`` (regression).
+        predicted, predicted_name: the model's prediction, as ``gold``: argmax of ``probabilities``,
+            the labels of probability >= 0.5 (multi-label), the predicted value (regression).
+        probabilities: softmax over the labels; sigmoid per label (multi-label); ``None`` (regression).
         words: the whitespace words of the text (the unit of saliency).
         truncated_words: words past the model's max length (not scored).
         labels: one :class:`LabelExplanation` per explained label (in ``ExplainArguments.labels`` order).
         diagnostics: :class:`SolveDiagnostics`.
+        problem_type: the model's ``config.problem_type`` (:data:`~hf_pairdots.constants.PROBLEM_TYPES`).
 
     Example::
 
@@ -248,25 +276,34 @@ class Explanation:
 
     query_index: int
     text: str
-    gold: int | None
-    gold_name: str | None
-    predicted: int
-    predicted_name: str
-    probabilities: list[float]
+    gold: int | float | list | None
+    gold_name: str | list[str] | None
+    predicted: int | float | list
+    predicted_name: str | list[str] | None
+    probabilities: list[float] | None
     words: list[str]
     truncated_words: int = 0
     labels: list[LabelExplanation] = field(default_factory=list)
     diagnostics: SolveDiagnostics = field(default_factory=SolveDiagnostics)
+    problem_type: str = SINGLE_LABEL
 
     def label(self, role: str) -> LabelExplanation | None:
         """The explained label of ``role`` (``"predicted"`` or ``"gold"``), or ``None``."""
         return next((entry for entry in self.labels if entry.role == role), None)
 
     def to_dict(self) -> dict:
-        return {"query_index": self.query_index, "text": self.text, "gold": self.gold, "gold_name": self.gold_name,
-                "predicted": self.predicted, "predicted_name": self.predicted_name,
-                "probabilities": self.probabilities, "words": self.words, "truncated_words": self.truncated_words,
-                "labels": [entry.to_dict() for entry in self.labels], "diagnostics": self.diagnostics.to_dict()}
+        """The JSON line. Single-label: the keys of docs/ARCHITECTURE.md; otherwise ``problem_type``
+        after ``text``, and for regression no ``gold_name``, ``predicted_name`` or ``probabilities``."""
+        head = {"query_index": self.query_index, "text": self.text}
+        if self.problem_type != SINGLE_LABEL:
+            head["problem_type"] = self.problem_type
+        labels = {"gold": self.gold, "gold_name": self.gold_name, "predicted": self.predicted,
+                  "predicted_name": self.predicted_name, "probabilities": self.probabilities}
+        if self.problem_type == REGRESSION:
+            labels = {"gold": self.gold, "predicted": self.predicted}
+        return {**head, **labels, "words": self.words, "truncated_words": self.truncated_words,
+                "labels": [entry.to_dict(self.problem_type) for entry in self.labels],
+                "diagnostics": self.diagnostics.to_dict()}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Explanation:
@@ -276,12 +313,15 @@ class Explanation:
             ValueError: a required field is missing (named).
         """
         try:
+            kind = data.get("problem_type", SINGLE_LABEL)
+            named = kind != REGRESSION  # regression records have no names and no probabilities
             return cls(query_index=data["query_index"], text=data["text"], gold=data["gold"],
                        gold_name=data.get("gold_name"), predicted=data["predicted"],
-                       predicted_name=data["predicted_name"], probabilities=data["probabilities"],
+                       predicted_name=data["predicted_name"] if named else None,
+                       probabilities=data["probabilities"] if named else None,
                        words=data["words"], truncated_words=data.get("truncated_words", 0),
                        labels=[LabelExplanation.from_dict(entry) for entry in data["labels"]],
-                       diagnostics=SolveDiagnostics.from_dict(data.get("diagnostics", {})))
+                       diagnostics=SolveDiagnostics.from_dict(data.get("diagnostics", {})), problem_type=kind)
         except KeyError as err:
             raise ValueError(f"explanation record {data.get('query_index', '?')} lacks the field {err}; "
                              "see docs/ARCHITECTURE.md for the schema") from None

@@ -31,6 +31,8 @@ import datasets
 from jinja2 import Environment, PackageLoader
 
 from .io import atomic_replace_dir, atomic_write_text
+from .constants import MULTI_LABEL, REGRESSION
+from .problem import THRESHOLD
 from .records import Explanation, LabelExplanation, as_explanation, check_finite
 
 JSONL_NAME = "explanations.jsonl"
@@ -185,7 +187,8 @@ def _label_view(record: Explanation, entry: LabelExplanation) -> dict:
         {
             "rank": rank,
             "train_index": t.train_index,
-            "label_name": t.label_name,
+            "label_name": _names(t.label_name),
+            "label": f"{t.label:.4g}" if isinstance(t.label, float) else t.label,
             "influence": f"{t.influence:.3g}",
             "words": _shade(t.words, t.word_influence, t.responsible_word, train_colour),
         }
@@ -194,10 +197,34 @@ def _label_view(record: Explanation, entry: LabelExplanation) -> dict:
     return {
         "role": entry.role,
         "label_name": entry.label_name,
-        "probability": f"{entry.probability:.3f}",
+        "probability": f"{entry.probability:.4g}" if record.problem_type == REGRESSION else f"{entry.probability:.3f}",
         "words": _shade(record.words, entry.saliency, entry.salient_word, test_colour),
         "train": train,
     }
+
+
+def _names(names) -> str | None:
+    """A label name, or the names of a multi-hot row joined ("none" for an empty row)."""
+    if isinstance(names, list):
+        return ", ".join(names) or "none"
+    return names
+
+
+def _sides(record: Explanation) -> tuple[str, str]:
+    """The query's gold and predicted cells: name (probability), the names of a multi-label row
+    (each with its probability), or the target and predicted values of a regression."""
+    probs = record.probabilities
+    if record.problem_type == REGRESSION:
+        gold = "unlabelled" if record.gold is None else f"{record.gold:.4g}"
+        return gold, f"{record.predicted:.4g}"
+    if record.problem_type == MULTI_LABEL:
+        def row(on, names):  # names: those of the labels on, in label order
+            labels = [y for y, v in enumerate(on) if v >= THRESHOLD]
+            return ", ".join(f"{name} ({probs[y]:.3f})" for name, y in zip(names, labels)) or "none"
+        gold = "unlabelled" if record.gold is None else row(record.gold, record.gold_name)
+        return gold, row(record.predicted, record.predicted_name)
+    gold = "unlabelled" if record.gold is None else f"{record.gold_name} ({probs[record.gold]:.3f})"
+    return gold, f"{record.predicted_name} ({probs[record.predicted]:.3f})"
 
 
 def _fmt(value) -> str:
@@ -220,18 +247,21 @@ def render_html(records: Iterable[Explanation | dict], meta: dict, suspicious: l
     self_influence) adds a section "Training examples the model finds suspicious" at the end,
     with `meta["suspicious"]` (its diagnostics, and the warning when the dev-loss ranking
     disagrees) shown there instead of in the header table; `None` (default) changes nothing.
-    Records are typed or JSON dicts (:func:`~hf_pairdots.records.as_explanation`).
+    Records are typed or JSON dicts (:func:`~hf_pairdots.records.as_explanation`). Multi-label
+    records show their label names (each with its probability); regression records the target and
+    predicted values, and the training examples' targets instead of label names.
     ValueError if a record's words and scores differ in length or a schema field is missing
     (named); KeyError unless role is "predicted" or "gold"."""
-    queries = []
+    queries, regression = [], False
     for record in sorted(map(as_explanation, records), key=lambda r: r.query_index):
-        probs = record.probabilities
+        gold, predicted = _sides(record)
+        regression = regression or record.problem_type == REGRESSION
         queries.append(
             {
                 "index": record.query_index,
                 "text": record.text,
-                "gold": "unlabelled" if record.gold is None else f"{record.gold_name} ({probs[record.gold]:.3f})",
-                "predicted": f"{record.predicted_name} ({probs[record.predicted]:.3f})",
+                "gold": gold,
+                "predicted": predicted,
                 "truncated_words": record.truncated_words,
                 "diagnostics": _fmt(record.diagnostics.to_dict()),
                 "labels": [_label_view(record, entry) for entry in record.labels],
@@ -240,7 +270,7 @@ def render_html(records: Iterable[Explanation | dict], meta: dict, suspicious: l
     meta_rows = [(str(k), _fmt(v)) for k, v in meta.items() if suspicious is None or k != "suspicious"]
     colours = {role: [f"rgb{c}" for c in pair] for role, pair in PALETTES.items()}
     return _ENV.get_template("report.html.j2").render(
-        queries=queries, meta_rows=meta_rows, colours=colours, negative=f"rgb{NEGATIVE}",
+        queries=queries, meta_rows=meta_rows, colours=colours, negative=f"rgb{NEGATIVE}", regression=regression,
         suspicious=None if suspicious is None else _suspicious_view(suspicious, meta.get("suspicious", {})),
     )
 

@@ -5,17 +5,20 @@ predicted value), and what is unsupported is refused clearly."""
 
 import warnings
 
+import datasets
 import pytest
 import torch
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from hf_pairdots.arguments import ExplainArguments
-from hf_pairdots.callback import warn_if_loss_differs
+from hf_pairdots.callback import warn_if_loss_differs, warn_if_trainer_loss_differs
 from hf_pairdots.errors import UnsupportedModelError
 from hf_pairdots.explain import Explainer
 from hf_pairdots.loss import FullModelLoss, example_losses, make_train_loss, mean_gradient_norm, prepare_data
 from hf_pairdots.autograd import select_parameters
 from hf_pairdots.models import tiny_bert
 from hf_pairdots.saliency import label_score, saliency
+from hf_pairdots.training import tokenize_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -80,9 +83,10 @@ def test_regression_saliency_is_the_gradient_of_the_predicted_value(tok):
     assert sal.probability == pytest.approx(value)  # reported S is the value, not a softmax over one logit (= 1)
 
 
-def test_explainer_refuses_regression_before_work(tok):
-    with pytest.raises(UnsupportedModelError, match="problem_type='regression'"):
-        Explainer(_model("regression", 1), tok, TEXTS, [0.1, 0.2, 0.3, 0.4], ExplainArguments())
+def test_explainer_refuses_multi_output_regression_before_work(tok):
+    """One output is explained per regression query (tests/test_problem_explainer.py explains it)."""
+    with pytest.raises(UnsupportedModelError, match="problem_type='regression' with num_labels=2"):
+        Explainer(_model("regression", 2), tok, TEXTS, [[0.1, 0.0]] * 4, ExplainArguments())
 
 
 def test_label_smoothing_warns():
@@ -105,3 +109,35 @@ def test_mean_gradient_norm_is_the_norm_of_the_mean_gradient(tok):
     [batch] = prepare_data(full, tok, TEXTS, [0, 1, 0, 1], batch_size=4, max_length=16).batches
     want = torch.func.grad(lambda theta: full.mean_loss(theta, batch))(full.theta).norm().item()
     assert mean_gradient_norm(objective, data) == pytest.approx(want, rel=1e-5) and want > 0
+
+
+class WeightedTrainer(Trainer):
+    """A Trainer trained with class-weighted cross-entropy (weights 1 and 4)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        logits = model(**inputs).logits
+        return torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor([1.0, 4.0]))
+
+
+class SameLossTrainer(Trainer):
+    """A Trainer overriding compute_loss with the model's own loss."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        return model(**inputs).loss
+
+
+def test_class_weighted_compute_loss_warns(tok, tmp_path):
+    model = _model("single_label_classification", 2)
+    train = datasets.Dataset.from_dict({"text": TEXTS, "label": [0, 1, 0, 1]})
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, use_cpu=True, report_to=[])
+    common = dict(model=model, args=args, train_dataset=tokenize_dataset(train, tok, 16),
+                  data_collator=DataCollatorWithPadding(tok))
+    model.train()
+    with pytest.warns(UserWarning, match="WeightedTrainer.compute_loss gives"):
+        assert warn_if_trainer_loss_differs(WeightedTrainer(**common), model)
+    assert model.training  # mode restored
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not warn_if_trainer_loss_differs(SameLossTrainer(**common), model)
+        assert not warn_if_trainer_loss_differs(Trainer(**common), model)  # not checked: the plain loss
