@@ -4,7 +4,15 @@
         --n 2000 --json /tmp/kfac_2000.json
     ... --n 6920 --json /tmp/kfac_6920.json                       # every SST training sentence
     ... --n 67349 --timed 4000 --json /tmp/kfac_67349.json        # GLUE SST-2 phrases, a timed fraction
+    ... --peers-python /tmp/kfac-peers-venv/bin/python --n 200 --queries 4 --json /tmp/kfac_peers.json
     .venv/bin/python benchmarks/bench_kfac.py --render /tmp/kfac_*.json --out benchmarks/RESULTS.md
+
+The peers' venv for ``--peers-python`` (kronfluence must not enter .venv, PEERS.md): a venv that
+sees .venv's packages and adds only kronfluence, so torch stays 2.13.0:
+
+    python3 -m venv /tmp/kfac-peers-venv
+    echo $PWD/.venv/lib/python3.11/site-packages > /tmp/kfac-peers-venv/lib/python3.11/site-packages/main.pth
+    /tmp/kfac-peers-venv/bin/pip install --no-deps kronfluence==1.0.1
 
 One process per N (peak RSS is per process). The model is bench_explanations' fine-tuned MiniLM-L6
 (2,000 SST-2 sentences, 2 epochs, cached under ``--cache``; cost does not depend on which weights).
@@ -203,7 +211,8 @@ def checkpoint(a, out: dict) -> None:
         Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
 
 
-def table(runs: list[dict]) -> str:
+def table(all_runs: list[dict]) -> str:
+    runs = [r for r in all_runs if "curvatures" in r]
     lines = [BEGIN, "## Whole-network K-FAC / EK-FAC: cost against N", "",
              "Command: see `benchmarks/bench_kfac.py` (one process per N, `flock /tmp/heavy.lock nice -n 19`, 1 torch "
              "thread, a shared 2-core machine, one run each). params `linear` (every nn.Linear of MiniLM-L6: "
@@ -220,6 +229,19 @@ def table(runs: list[dict]) -> str:
                          f"{curvature} | {c['fit_seconds']:.0f} | {c['fit_epochs']:.2f} | {c['solve_seconds']:.1f} "
                          f"({r['queries']}) | {c['score_epochs_per_row']:.2f} | {c['factor_mb']:.0f} | "
                          f"{r.get('peak_rss_mb', float('nan')):.0f} |")
+    for r in (r for r in all_runs if "ours" in r):
+        k = r["kronfluence"]
+        lines += ["", f"Against kronfluence {k['versions']['kronfluence']} EK-FAC (every nn.Linear, sampled-label "
+                  f"Fisher, padding masked, damping_factor λ = {r['damping']}; its scores x -1, PEERS.md): the "
+                  f"loss-influence job I(z, L(z_test)) for {r['queries']} dev sentences x {r['n']} training sentences "
+                  "(`bench_kfac.py --peers-python VENV/bin/python --n N --queries Q`). Spearman per query against "
+                  "kronfluence; scale = least-squares factor ours / theirs; time = fit + solve + score, 1 thread.", "",
+                  "| method | Spearman mean | worst query | scale | seconds |", "| --- | --- | --- | --- | --- |"]
+        for curvature, c in r["ours"].items():
+            lines.append(f"| hf_pairdots {curvature} (type-2 Fisher) | {c['spearman_mean']:.4f} | "
+                         f"{c['spearman_min']:.4f} | {c['scale']:.3f} | {c['seconds']:.0f} |")
+        lines.append(f"| kronfluence ekfac | 1 | 1 | 1 | {k['fit_seconds'] + k['score_seconds']:.0f} (fit "
+                     f"{k['fit_seconds']:.0f}, score {k['score_seconds']:.0f}) |")
     return "\n".join(lines + [END])
 
 
