@@ -172,10 +172,11 @@ def mean(values) -> float:
 # ------------------------------------------------------------------------------------------
 
 def explain_config(model, tok, train, queries, config, curvature: str, max_length: int, top_k: int,
-                   cache_dir: Path) -> dict:
+                   cache_dir: Path, params: str = "head") -> dict:
     """Run the Explainer for one configuration; records, the Explainer, and its time."""
     mode, by, target = config
     args = ExplainArguments(max_queries=None, max_length=max_length, top_k=top_k, saliency_mode=mode, salient_by=by,
+                            params=params,
                             saliency_target=target, ranking="raw",  # the unit ranking: from the full scores
                             solver=SolverOptions(cache_dir=str(cache_dir), curvature=curvature))
     start = time.perf_counter()
@@ -255,7 +256,7 @@ def influence_metrics(rows: list[dict], train_texts: list[str], matcher: Synonym
 def influence_step(model, tok, train, queries, config, curvature, a, leaves, matcher, epoch: float,
                    tmp: Path) -> dict:
     ran = explain_config(model, tok, train, queries, config, curvature, a.max_length, a.top_k,
-                         tmp / "_".join((*config, curvature)))
+                         tmp / "_".join((*config, curvature)), a.params)
     explainer, records = ran["explainer"], ran["records"]
     base = [{"query": rec["query_index"], "words": rec["words"], "salient": e["salient_word"], "label": e["label"],
              "top": [t["train_index"] for t in e["top_train"]],
@@ -265,7 +266,7 @@ def influence_step(model, tok, train, queries, config, curvature, a, leaves, mat
     raw = influence_metrics(base, texts, matcher, leaves, a.top_k)
     word = lambda row: row["words"][row["salient"]]  # noqa: E731
     raw["responsible_is_word_or_synonym"] = mean(matcher.contains(word(r), w) for r in base for w in r["responsible"])
-    out = {"config": list(config), "curvature": curvature, "explain_seconds": ran["seconds"], "explain_epochs": ran["seconds"] / epoch,
+    out = {"config": list(config), "curvature": curvature, "params": a.params, "explain_seconds": ran["seconds"], "explain_epochs": ran["seconds"] / epoch,
            "solver": records[0]["diagnostics"].get("solver"), "damping": records[0]["diagnostics"].get("damping"),
            "raw": raw}
     if not a.skip_normalised:
@@ -400,13 +401,13 @@ def table(r: dict, command: str) -> str:
                      f"{pct(g['polar_predicted'])} | {pct(g['chance'])} | {g['polar'] / g['chance']:.2f} | {words} |")
     if r.get("influence"):
         lines += ["", "Influence (Explainer defaults apart from the saliency, curvature and ranking of each row: "
-                  "params head, solver "
-                  f"{r['influence'][0]['solver']}, top-{r['top_k']}, Eq. 8 words, no edits). Contains = a top-"
+                  "params and curvature as in each row, solver "
+                  f"{r['influence'][0]['solver']} (kfac / ekfac: closed form), top-{r['top_k']}, Eq. 8 words, no edits). Contains = a top-"
                   f"{r['top_k']} training example holds the salient word (or a WordNet synonym); hub = largest "
                   f"share of rows in whose top-{r['top_k']} one training example appears; chance = the share of all "
                   "training examples that contain the row's salient word or a synonym, averaged over rows; cost = Explainer "
                   "construction + explaining every row, in training epochs of this run.", "",
-                  "| configuration | curvature (damping) | ranking | polar | contains word or synonym | chance (random example) "
+                  "| configuration | params / curvature (damping) | ranking | polar | contains word or synonym | chance (random example) "
                   "| contains word | hub share "
                   "| examples in > 10 % of rows | distinct / slots | Eq. 8 responsible word = salient or synonym "
                   "| explain s | epochs | peak RSS after (MB) |",
@@ -435,7 +436,7 @@ def table(r: dict, command: str) -> str:
 
 def influence_line(inf: dict, ranking: str, seconds: str, epochs: str) -> str:
     x = inf[ranking]
-    curvature = f"{inf.get('curvature', 'hessian')} ({inf['damping']:.3g})"
+    curvature = f"{inf.get('params', 'head')} / {inf.get('curvature', 'hessian')} ({inf['damping']:.3g})"
     return (f"| {name(inf['config'])} | {curvature} | {'raw: Eq. 5' if ranking == 'raw' else 'unit: Eq. 5 / ‖∇L(z)‖'} "
             f"| {pct(x['polar'])} | "
             f"{pct(x['top_k_contains_word_or_synonym'])} | {pct(x.get('random_contains_word_or_synonym'))} | "
@@ -463,6 +464,8 @@ def main(argv=None) -> dict:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--curvatures", nargs="+", default=["hessian", "ggn"], help="SolverOptions.curvature values")
+    p.add_argument("--params", default="head", help="ExplainArguments.params of the influence step (e.g. linear "
+                                                     "with --curvatures kfac ekfac)")
     p.add_argument("--configs", nargs="*", default=[],
                    help="mode/salient_by/target configurations for the influence step only (no grid)")
     p.add_argument("--skip-normalised", action="store_true", help="leave out the unit-normalised ranking")

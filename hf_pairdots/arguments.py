@@ -162,7 +162,11 @@ class SolverArguments(_Serializable):
                                                   "training loss, indefinite near a fine-tuned optimum, so automatic "
                                                   "damping exceeds -λ_min) or ggn (the Gauss-Newton matrix Jᵀ H_out J, "
                                                   "positive semi-definite: automatic damping stays near min_damping; "
-                                                  "same cost per product); see hf_pairdots.curvature")
+                                                  "same cost per product); see hf_pairdots.curvature; kfac / ekfac "
+                                                  "(Kronecker-factored Gauss-Newton over nn.Linear layers, e.g. "
+                                                  "params='linear', from curvlinops: fitted once, one to two "
+                                                  "passes over the training data, then a closed-form solve; solver "
+                                                  "is not used, damping None = min_damping); see hf_pairdots.kfac")
 
     def __post_init__(self):
         for name in ("keep_repeats", "lowrank_refine"):

@@ -98,6 +98,9 @@ def _preset_patterns(model: nn.Module, preset: str) -> list[str]:
         return ["*"]
     if preset == "lora":
         return ["*lora_*"]
+    if preset == "linear":  # every nn.Linear layer (encoder and head): the domain of curvature="kfac"/"ekfac"
+        return [f"{name}.{p}" for name, m in model.named_modules() if isinstance(m, nn.Linear)
+                for p, _ in m.named_parameters(recurse=False)]
     if preset == "classifier":  # everything outside the base model
         return [prefix + n for n, _ in layout.inner.named_parameters() if not n.startswith(base + ".")]
     layers = layout.layers
@@ -144,6 +147,11 @@ def select_parameters(model: nn.Module, params: str | Sequence[str] = "head") ->
               cached too, about 9x cheaper per HVP than ``"top"``);
             * ``"classifier"``: parameters outside the base model (the classification head);
             * ``"lora"``: the LoRA adapter weights of a peft model;
+            * ``"linear"``: the weight and bias of every ``nn.Linear`` module (the encoder's
+              attention and feed-forward projections, the pooler, the classifier; not the
+              embeddings, LayerNorms or GPT-2's ``Conv1D``): the parameters that
+              ``curvature="kfac"`` / ``"ekfac"`` (:mod:`hf_pairdots.kfac`) cover; 10.8 M for
+              MiniLM-L6. Influence then runs through the full model;
             * ``"last:K"`` (1 <= K <= number of layers, :data:`~hf_pairdots.modeling.LAYER_LISTS`;
               BART: decoder layers): every parameter of the last K layers (attention and
               feed-forward) and the head. Unlike ``"top"`` this is not cached by :mod:`hf_pairdots.features`:

@@ -53,7 +53,7 @@ EditMode = Literal["fix", "attack"]
 EDIT_MODES: tuple[str, ...] = get_args(EditMode)
 """Values of ``edit`` besides ``None`` (no edits): the edit goals of Sec. 4.3 or Sec. 4.2."""
 
-Preset = Literal["auto", "all", "top", "head", "classifier", "lora"]
+Preset = Literal["auto", "all", "top", "head", "classifier", "lora", "linear"]
 PRESETS: tuple[str, ...] = get_args(Preset)
 """Fixed parameter-subset names; ``"last:K"`` (the last K encoder layers + head) is accepted besides
 these (:func:`hf_pairdots.autograd.select_parameters`)."""
@@ -66,12 +66,17 @@ ANTONYM_LABEL_RULES: tuple[str, ...] = get_args(AntonymLabel)
 """The label of an antonym edit: kept (the paper) or flipped (binary tasks)."""
 
 # Curvature and ranking options of the influence solve (kept together for an easy merge).
-__all__ += ["CURVATURES", "RANKINGS", "Curvature", "Ranking"]
+__all__ += ["CURVATURES", "KFAC_CURVATURES", "PRODUCT_CURVATURES", "RANKINGS", "Curvature", "Ranking"]
 
-Curvature = Literal["hessian", "ggn"]
+Curvature = Literal["hessian", "ggn", "kfac", "ekfac"]
 CURVATURES: tuple[str, ...] = get_args(Curvature)
-"""The curvature matrix of the s_test solve (:mod:`hf_pairdots.curvature`): the Hessian of the mean
-training loss, or its Gauss-Newton part Jᵀ H_out J (positive semi-definite)."""
+"""The curvature matrix of the s_test solve: the Hessian of the mean training loss, or its
+Gauss-Newton part Jᵀ H_out J (positive semi-definite; both :mod:`hf_pairdots.curvature`), or the
+Kronecker-factored approximations of the latter over Linear layers (:mod:`hf_pairdots.kfac`)."""
+PRODUCT_CURVATURES: tuple[str, ...] = ("hessian", "ggn")
+"""Curvatures used through matrix-vector products by the iterative solvers."""
+KFAC_CURVATURES: tuple[str, ...] = ("kfac", "ekfac")
+"""Curvatures inverted in closed form from Kronecker factors (no HVP iterations)."""
 
 Ranking = Literal["raw", "unit"]
 RANKINGS: tuple[str, ...] = get_args(Ranking)

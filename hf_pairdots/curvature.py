@@ -24,14 +24,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .constants import CURVATURES
+from .constants import PRODUCT_CURVATURES
 from .loss import PreparedData, TrainLoss, mean_hvp
 
 
 def check_curvature(curvature: str) -> None:
-    """Raises ValueError for a curvature outside :data:`~hf_pairdots.constants.CURVATURES`."""
-    if curvature not in CURVATURES:
-        raise ValueError(f"curvature={curvature!r}: use one of {CURVATURES}")
+    """Raises ValueError for a curvature outside :data:`~hf_pairdots.constants.PRODUCT_CURVATURES`
+    (``"kfac"`` / ``"ekfac"`` have no product here: they are inverted by :mod:`hf_pairdots.kfac`)."""
+    if curvature not in PRODUCT_CURVATURES:
+        raise ValueError(f"curvature={curvature!r}: products are defined for {PRODUCT_CURVATURES}")
 
 
 def batch_ggn(objective: TrainLoss, batch: dict, v: Tensor) -> Tensor:

@@ -58,6 +58,8 @@ from .problem import THRESHOLD, explained_outputs, prediction
 from .modeling import predict_proba  # noqa: F401  (its old home: the name stays importable from here)
 from .records import Explanation, LabelExplanation, ProposedEdit, SolveDiagnostics, TrainAttribution
 from .saliency import text_saliency
+from .constants import KFAC_CURVATURES
+from .kfac import fit_kronecker
 from .solve import compute_s_test, lowrank_hessian, resolve_damping_scale
 from .text import EncodedText, unscorable_texts
 from .stability import topk_overlap
@@ -148,7 +150,9 @@ class Explainer:
     Cost of construction: one forward pass over the training set (cached top features) and the
     eigenvalue estimates for automatic damping/scale, or for the definiteness check of a user-set
     damping (except ``solver="exact"``, which checks its explicit Hessian), about 2 x power_iters
-    full-data HVPs (:func:`~hf_pairdots.solve.resolve_damping_scale`);
+    full-data HVPs (:func:`~hf_pairdots.solve.resolve_damping_scale`); with
+    ``args.solver.curvature="kfac"`` / ``"ekfac"`` instead the Kronecker factors, fitted once
+    (:func:`~hf_pairdots.kfac.fit_kronecker`: one to two forward-and-backward passes over the data);
     with ``args.solver.cache_dir`` also one sha256 pass over the model's weights and the
     training texts (:func:`~hf_pairdots.cache.fingerprint_model`); with ``args.ranking="unit"``
     one per-example gradient pass over the training set
@@ -225,6 +229,8 @@ class Explainer:
         self.solver, self.eigenvalues = resolve_damping_scale(self.objective, self.data, args.solver)
         self.train_gradient_norm = mean_gradient_norm(self.objective, self.data)  # about 0 at the optimum
         self.lowrank = lowrank_hessian(self.objective, self.data, self.solver) if self.solver.solver == "lowrank" else None
+        self.kronecker = (fit_kronecker(self.objective, self.data, self.solver.curvature, self.solver.damping)
+                          if self.solver.curvature in KFAC_CURVATURES else None)
         self.train_gradient_norms = gradient_norms(self.objective, self.data) if args.ranking == "unit" else None
         # LiSSA repeats: keep each repeat's s_test for the top-k stability across repeats.
         self.repeats = self.solver.repeat if self.solver.solver == "lissa" and self.solver.repeat > 1 else 0
@@ -355,7 +361,7 @@ class Explainer:
         if missing:
             options = dataclasses.replace(self.solver, keep_repeats=bool(self.repeats))
             result = compute_s_test(self.objective, self.data, v[missing], options, residual_examples=RESIDUAL_EXAMPLES,
-                                    lowrank=self.lowrank, eigenvalues=self.eigenvalues)
+                                    lowrank=self.lowrank, eigenvalues=self.eigenvalues, kronecker=self.kronecker)
             # Several processes: s_test is solved on every rank and rank 0's copy kept, so every rank
             # scores with the same vector; the training pass is split by rank and gathered by id.
             solved = broadcast_tensor(result.x)

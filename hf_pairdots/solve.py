@@ -25,7 +25,9 @@ from torch import Tensor
 
 from . import ihvp
 from .arguments import SolverArguments
+from .constants import KFAC_CURVATURES
 from .curvature import full_product, mean_product
+from .kfac import KroneckerInverse, check_linear, fit_kronecker
 from .loss import PreparedData, TrainLoss
 
 
@@ -74,8 +76,18 @@ def resolve_damping_scale(objective: TrainLoss, data: PreparedData,
     3 x that on mini-batches. ``solver="auto"`` is made concrete first (:func:`choose_solver`).
 
     Raises:
+    ``curvature="kfac"`` / ``"ekfac"``: nothing is estimated (the factors are positive
+    semi-definite); an automatic damping is ``min_damping``. The parameters are checked to be
+    Linear layers' (:func:`~hf_pairdots.kfac.check_linear`) before any other work.
+
+    Raises:
         IndefiniteHessianError: a user-set ``damping`` is at most -λ_min (a ``ValueError``).
+        UnsupportedModelError: K-FAC / EK-FAC over parameters outside ``nn.Linear`` layers.
     """
+    if options.curvature in KFAC_CURVATURES:
+        check_linear(objective)
+        return dataclasses.replace(options, damping=options.min_damping if options.damping is None
+                                   else options.damping), {}
     options = choose_solver(options, data)
     numel = objective.params.numel
     if options.damping is not None and options.solver == "exact":
@@ -120,7 +132,7 @@ def lowrank_hessian(objective: TrainLoss, data: PreparedData, options: SolverArg
 
 def compute_s_test(objective: TrainLoss, data: PreparedData, v: Tensor, options: SolverArguments | None = None,
                    residual_examples: int = 256, lowrank: ihvp.LowRankHessian | None = None,
-                   eigenvalues: dict | None = None) -> ihvp.IHVPResult:
+                   eigenvalues: dict | None = None, kronecker: KroneckerInverse | None = None) -> ihvp.IHVPResult:
     """s_test = (H + λI)⁻¹ v for ``v`` of shape ``(Q, P)`` (rows: ∇θ m of Q measurements; App. B,
     the vector of Eq. 4-5, whose scores are I(z, m) = -s_testᵀ ∇θ L(z)).
 
@@ -160,13 +172,24 @@ def compute_s_test(objective: TrainLoss, data: PreparedData, v: Tensor, options:
     than plain CG) and none otherwise; plus, without ``eigenvalues``, :func:`resolve_damping_scale`
     (also for a user-set damping, to check it; not for ``exact``).
 
+    ``curvature="kfac"`` / ``"ekfac"``: s_test = (C + λI)⁻¹ v in closed form from the Kronecker
+    factors (:mod:`hf_pairdots.kfac`; ``solver`` is not used). ``kronecker``: the factors fitted
+    once by :func:`~hf_pairdots.kfac.fit_kronecker` with this curvature and λ (the Explainer fits
+    them once); ``None``: fitted here (one to two passes over the data). The relative residual is
+    then measured against C itself (it checks the float32 inverse, not how close C is to the GGN:
+    that is measured in ``tests/test_kfac.py`` and ``benchmarks/RESULTS.md``).
+
     Raises:
         IndefiniteHessianError: H + λI is not positive definite (a ``ValueError``; names
             ``damping`` and the value to exceed).
         LissaDivergenceError: the LiSSA recursion diverged (names ``scale`` and ``damping``).
         FloatingPointError: s_test is not finite.
+        ValueError: ``kronecker`` fitted with another curvature or damping than ``options``.
     """
-    options = choose_solver(options or SolverArguments(), data)
+    options = options or SolverArguments()
+    if options.curvature in KFAC_CURVATURES:
+        return _kronecker_s_test(objective, data, v, options, kronecker)
+    options = choose_solver(options, data)
     v = v.to(objective.theta.device)
     estimates = {}
     if eigenvalues is None or options.damping is None or (options.solver == "lissa" and options.scale is None):
@@ -200,4 +223,21 @@ def compute_s_test(objective: TrainLoss, data: PreparedData, v: Tensor, options:
     if not torch.isfinite(result.x).all():
         raise FloatingPointError(f"s_test is not finite ({options.solver}); see the diagnostics: {result.diagnostics}, "
                                  f"relative residual {result.relative_residual}")
+    return result
+
+
+def _kronecker_s_test(objective: TrainLoss, data: PreparedData, v: Tensor, options: SolverArguments,
+                      kronecker: KroneckerInverse | None) -> ihvp.IHVPResult:
+    """:func:`compute_s_test` for ``curvature="kfac"`` / ``"ekfac"``."""
+    options, _ = resolve_damping_scale(objective, data, options)
+    if kronecker is None:
+        kronecker = fit_kronecker(objective, data, options.curvature, options.damping)
+    elif (kronecker.curvature, kronecker.damping) != (options.curvature, options.damping):
+        raise ValueError(f"kronecker was fitted for curvature={kronecker.curvature!r}, damping={kronecker.damping}; "
+                         f"the options ask for {options.curvature!r}, {options.damping}")
+    v = v.to(objective.theta.device)
+    result = ihvp.IHVPResult(kronecker.solve(v), {"solver": options.curvature, "damping": options.damping})
+    result.relative_residual = ihvp.relative_residual(kronecker.product, result.x, v, options.damping)
+    if not torch.isfinite(result.x).all():
+        raise FloatingPointError(f"s_test is not finite ({options.curvature}, damping {options.damping})")
     return result
