@@ -477,27 +477,41 @@ def run_job(job: dict, context: JobContext) -> dict:
         torch.set_num_threads(threads)
 
 
-def _retrain_and_measure(job: dict, context: JobContext, start: float) -> dict:
+def retrain(context: JobContext, protocol: str, train, *, full_size: int | None = None):
+    """The model of one retraining: ``protocol`` (``"initial"``: from ``context.init_model`` with
+    the args' seed, ``epochs`` at ``learning_rate``; ``"warm"``: from ``context.model``,
+    ``warm_epochs`` at ``warm_learning_rate``) on the ``text``/``label`` dataset ``train``, with
+    as many optimiser steps as the protocol takes on ``full_size`` rows (default
+    ``len(context.train)``; :func:`job_epochs`). With ``retrain_params="explained"`` only θ_S of
+    ``context.explain_args.params`` is trained. The context's models are copied, never changed.
+
+    Cost: the protocol's epochs x ``full_size`` forward + backward passes. Returns the model in
+    eval mode, float32, on the job device."""
     from .autograd import select_parameters
     from .training import train_classifier
 
     args = context.args
     device = context.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = _start_model(context, job["protocol"]).float()
+    model = _start_model(context, protocol).float()
     if args.retrain_params == "explained":
         explained = set(select_parameters(model, context.explain_args.params).names)
         for name, param in model.named_parameters():
             param.requires_grad_(name in explained)
-    warm = job["protocol"] == "warm"
+    warm = protocol == "warm"
+    full_size = len(context.train) if full_size is None else full_size
+    epochs = job_epochs(args.warm_epochs if warm else args.epochs, full_size, len(train), args.batch_size)
+    return train_classifier(model, context.tokenizer, train, epochs=epochs,
+                            learning_rate=args.warm_learning_rate if warm else args.learning_rate,
+                            batch_size=args.batch_size, max_length=context.explain_args.max_length, seed=args.seed,
+                            weight_decay=args.weight_decay, accelerator=SingleDeviceAccelerator(device),
+                            show_progress=False)
+
+
+def _retrain_and_measure(job: dict, context: JobContext, start: float) -> dict:
     train = job_training_set(context.train, job)
-    epochs = job_epochs(args.warm_epochs if warm else args.epochs, len(context.train), len(train), args.batch_size)
-    model = train_classifier(model, context.tokenizer, train, epochs=epochs,
-                             learning_rate=args.warm_learning_rate if warm else args.learning_rate,
-                             batch_size=args.batch_size, max_length=context.explain_args.max_length, seed=args.seed,
-                             weight_decay=args.weight_decay, accelerator=SingleDeviceAccelerator(device),
-                             show_progress=False)
+    model = retrain(context, job["protocol"], train)
     values = measure(model, context.tokenizer, context.rows, context.explain_args)
-    return {"id": job["id"], "hash": job_hash(job, args), "measurements": values, "train_size": len(train),
+    return {"id": job["id"], "hash": job_hash(job, context.args), "measurements": values, "train_size": len(train),
             "seconds": round(time.perf_counter() - start, 2)}
 
 

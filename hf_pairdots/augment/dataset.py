@@ -58,6 +58,7 @@ __all__ = [
     "check_labels",
     "collect_edits",
     "edit_counts",
+    "edits_from_proposals",
     "explain_labels",
     "explain_mode",
     "random_baseline",
@@ -243,6 +244,26 @@ def edits_dataset(records: Iterable[Explanation | dict], train: datasets.Dataset
     """:func:`collect_edits`'s dataset (same arguments)."""
     return collect_edits(records, train, objective, per_query=per_query, seed=seed,
                          antonym_label=antonym_label).dataset
+
+
+def edits_from_proposals(train: datasets.Dataset, proposals: Iterable[tuple[int, int, str, ProposedEdit]], *,
+                         seed: int = 0) -> datasets.Dataset:
+    """An edits dataset (the columns of :func:`collect_edits`'s) from edits chosen elsewhere:
+    ``(train_index, query_index, objective, ProposedEdit)`` per row, in order, each keeping its
+    training label (e.g. edits searched with another measurement's s_test, as the loss-chosen
+    attack of ``benchmarks/bench_attack.py``). No rule of :func:`collect_edits` is applied.
+
+    Raises:
+        ValueError: a ``train_index`` outside ``train``; an objective that is not a search goal.
+    """
+    rows = []
+    for index, query_index, objective, edit in proposals:
+        if not 0 <= index < len(train):
+            raise ValueError(f"train_index {index} outside the training set of {len(train)} rows")
+        if objective not in GOALS:
+            raise ValueError(f"objective {objective!r}: use one of {sorted(GOALS)}")
+        rows.append(_edit_row(train[index], index, query_index, objective, edit, seed, "keep"))
+    return _to_dataset(rows, train.features)
 
 
 def _check_item(item: TrainAttribution, texts: Sequence[str], train_labels: Sequence[int],
