@@ -75,7 +75,8 @@ def lora_run(request, tmp_path_factory):
     query = datasets.Dataset.from_list([{"text": QUERY_TEXT, "label": QUERY_LABEL}])
     out = tmp_path_factory.mktemp(f"lora-{kind}")
     explain = ExplainArguments(queries="indices", query_indices=[0], labels=("predicted",), top_k=len(rows),
-                               max_length=32, batch_size=8, solver=SolverOptions(solver="cg", damping=5.0))
+                               max_length=32, batch_size=8,
+                               solver=SolverOptions(solver="cg", damping=5.0, power_iters=5))
     snapshot = Snapshot()
     targs = TrainingArguments(output_dir=str(out), max_steps=4, learning_rate=1e-2, per_device_train_batch_size=4,
                               use_cpu=True, save_strategy="no", report_to=[], disable_tqdm=True, seed=0)
@@ -138,7 +139,7 @@ def _check_eq5(net, tok):
     damping = 0.1 + max(0.0, -float(torch.linalg.eigvalsh(hessian.double())[0]))
     v = loss_measurement_gradient(objective, objective.prepare(tokenize(tok, [QUERY_TEXT], [QUERY_LABEL], 32)))
     result = compute_s_test(objective, data, v, SolverOptions(solver="cg", damping=damping, cg_tol=1e-8,
-                                                              cg_max_iter=500))
+                                                              cg_max_iter=500, power_iters=5))
     scores = train_influence(objective, data, result.x)[0]
     grads = torch.autograd.functional.jacobian(lambda th: objective.per_example_loss(th, batch), theta, vectorize=True)
     system = hessian.double() + damping * torch.eye(theta.numel(), dtype=torch.float64)
