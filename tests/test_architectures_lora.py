@@ -24,7 +24,7 @@ from peft import LoraConfig, get_peft_model
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
-from architectures import ARCHITECTURES, CORPUS, model, tokenizer
+from architectures import ARCHITECTURES, CORPUS, DECODERS, model, tokenizer
 from hf_pairdots.arguments import ExplainArguments, SolverOptions
 from hf_pairdots.autograd import select_parameters
 from hf_pairdots.callback import PairDotsCallback
@@ -53,7 +53,7 @@ def targets(kind):
 def lora_model(kind):
     tok = tokenizer(kind)
     config = LoraConfig(r=2, lora_alpha=4, lora_dropout=0.0, target_modules=targets(kind), task_type="SEQ_CLS",
-                        modules_to_save=HEAD_COPIES.get(kind))
+                        modules_to_save=list(HEAD_COPIES.get(kind, [])) or None)  # peft extends it in place
     return get_peft_model(model(kind, tok), config)
 
 
@@ -100,7 +100,11 @@ def test_auto_params_are_the_adapters(lora_run):
     assert len(adapters) == 2 * len(wrapped) and wrapped  # ALBERT: one shared layer; BART: 3 attention blocks
     assert set(select_parameters(net, "auto").names) == adapters
     head_copy = trainable - adapters
-    assert head_copy and all(".modules_to_save.default." in n for n in head_copy)
+    copied = {n.split(".modules_to_save.")[0].rsplit(".", 1)[-1] for n in head_copy}
+    assert all(".modules_to_save.default." in n for n in head_copy)
+    default = {"score"} if kind in DECODERS else set() if kind == "bart" else {"classifier"}
+    want = set(HEAD_COPIES.get(kind, [])) | default
+    assert copied == want, copied
     assert set(select_parameters(net, "classifier").names) | set(select_parameters(net, "head").names) >= head_copy
 
 
