@@ -376,7 +376,7 @@ def table(result: dict, a) -> str:
     summary = summarise(result["jobs"])
     s = result["seconds"]
     lines = [BEGIN, "## Training-set attack against baselines (bench_attack)", "",
-             f"`python benchmarks/bench_attack.py {' '.join(a.argv)}` (1 torch thread, 2 shared CPU cores): "
+             f"`python benchmarks/bench_attack.py {' '.join(a.argv)}` ({a.threads} torch thread(s), 2 shared CPU cores): "
              f"MiniLM-L6 fine-tuned on {result['train_size']} SST-2 sentences ({a.epochs:g} epochs at lr {a.lr:g}); "
              f"{result['queries']} targeted test sentences (correct before), {result['untouched']} untouched ones. "
              f"Warm protocol: {a.warm_epochs:g} epoch(s) from the trained weights at lr {a.warm_lr:g}, "
