@@ -240,7 +240,8 @@ def _fmt(value) -> str:
 
 def render_html(records: Iterable[Explanation | dict], meta: dict, suspicious: list[dict] | None = None) -> str:
     """The report page as a string: a header table of `meta` (any keys, e.g. model,
-    dataset, subsample sizes, solver diagnostics, timings, accuracies), an index of queries,
+    dataset, subsample sizes, solver diagnostics, timings, accuracies; entries whose value is
+    ``None``, such as a Trainer's unset ``best_model_checkpoint``, are left out), an index of queries,
     then per query the Table 2 view (predicted side, gold side, top-k training examples).
     Zero records give a page saying "No misclassified examples". All text is HTML-escaped.
     `suspicious` (the entries of `suspicious.json`: rank, train_index, text, label_name,
@@ -267,7 +268,8 @@ def render_html(records: Iterable[Explanation | dict], meta: dict, suspicious: l
                 "labels": [_label_view(record, entry) for entry in record.labels],
             }
         )
-    meta_rows = [(str(k), _fmt(v)) for k, v in meta.items() if suspicious is None or k != "suspicious"]
+    meta_rows = [(str(k), _fmt(v)) for k, v in meta.items()
+                 if v is not None and (suspicious is None or k != "suspicious")]
     colours = {role: [f"rgb{c}" for c in pair] for role, pair in PALETTES.items()}
     return _ENV.get_template("report.html.j2").render(
         queries=queries, meta_rows=meta_rows, colours=colours, negative=f"rgb{NEGATIVE}", regression=regression,

@@ -205,6 +205,12 @@ def test_html_escapes_text():
     assert "&lt;b&gt;m&lt;/b&gt;" in html
 
 
+def test_header_leaves_out_unset_values():
+    html = render_html([_record_best()], {"global_step": 0, "best_model_checkpoint": None})
+    assert "<th>global_step</th><td>0</td>" in html
+    assert "best_model_checkpoint" not in html and "None" not in html
+
+
 def test_empty_report(tmp_path):
     path = write_report(tmp_path, [], META)
     html = path.read_text(encoding="utf-8")
