@@ -69,7 +69,9 @@ from hf_pairdots.explain import Explainer, predict_proba  # noqa: E402
 from hf_pairdots.features import first_position_only  # noqa: E402
 from hf_pairdots.influence import gradient_norms, influence_mode, rank_scores  # noqa: E402
 from hf_pairdots.models import load_classifier, load_tokenizer  # noqa: E402
-from hf_pairdots.saliency import MODES, saliency, word_encoding  # noqa: E402
+from hf_pairdots.measurement import SaliencyMeasurement, measurement_gradients  # noqa: E402
+from hf_pairdots.saliency import MODES, saliency  # noqa: E402
+from hf_pairdots.text import EncodedText  # noqa: E402
 from hf_pairdots.training import train_classifier  # noqa: E402
 from results_md import write_section  # noqa: E402
 
@@ -183,7 +185,7 @@ def explain_config(model, tok, train, queries, config, curvature: str, max_lengt
     explainer = Explainer(model, tok, train["text"], train["label"], args)
     records = []
     for begin in range(0, len(queries), 8):
-        records += explainer.explain(queries[begin:begin + 8])
+        records += [record.to_dict() for record in explainer.explain(queries[begin:begin + 8])]
     return {"explainer": explainer, "records": records, "seconds": time.perf_counter() - start}
 
 
@@ -193,15 +195,12 @@ def full_scores(explainer: Explainer, records: list[dict]):
     a, grads = explainer.args, []
     with first_position_only(explainer.model):
         for rec in records:
-            enc, _ = word_encoding(explainer.tokenizer, [rec["text"]], a.max_length)
-            ids = enc.word_ids(0)
-            entries = rec["labels"]
-            positions = [[p for p, w in enumerate(ids) if w == e["salient_word"]] for e in entries]
-            signs = [-1.0 if a.salient_by == "magnitude" and e["saliency"][e["salient_word"]] < 0 else 1.0
-                     for e in entries]
-            g = explainer.objective.saliency_gradients(dict(enc), [e["label"] for e in entries], positions,
-                                                       mode=a.saliency_mode, target=a.saliency_target)
-            grads.append(g * torch.tensor(signs, device=g.device)[:, None])
+            encoded = EncodedText.encode(explainer.tokenizer, rec["text"], a.max_length)
+            measurements = [SaliencyMeasurement(
+                e["label"], e["salient_word"], a.saliency_mode, a.saliency_target,
+                -1.0 if a.salient_by == "magnitude" and e["saliency"][e["salient_word"]] < 0 else 1.0, a.eraser)
+                for e in rec["labels"]]
+            grads.append(measurement_gradients(explainer.objective, encoded, measurements))
     solved = explainer.solve(torch.cat(grads))
     return solved.scores, sum(solved.cached)
 

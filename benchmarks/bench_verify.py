@@ -56,7 +56,8 @@ def measure(a) -> dict:
             model.save_pretrained(a.model_dir)
     trained = round(time.perf_counter() - start, 1)
     run = Path(a.run_dir or tempfile.mkdtemp(prefix="bench_verify_"))
-    explain_args = ExplainArguments(queries="misclassified", max_queries=a.queries, max_length=64, seed=a.seed)
+    explain_args = ExplainArguments(queries="misclassified", max_queries=a.queries, max_length=64, seed=a.seed,
+                                    saliency_mode=a.saliency_mode)
     start = time.perf_counter()
     explain_dataset(model, tok, train, data["validation"], explain_args, run)
     explained = round(time.perf_counter() - start, 1)
@@ -113,6 +114,7 @@ def main(argv=None) -> int:
     p.add_argument("--warm-lr", type=float, default=1e-5)
     p.add_argument("--lds-subsets", type=int, default=0)
     p.add_argument("--retrain-params", default="all", choices=["all", "explained"])
+    p.add_argument("--saliency-mode", default="gradient", help="ExplainArguments.saliency_mode of the explanation run")
     p.add_argument("--model-dir", default=None, help="keep the trained model here and reuse it on a rerun")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)

@@ -33,9 +33,10 @@ ROLES: tuple[str, ...] = get_args(Role)
 LABEL_ROLES: tuple[str, ...] = ("predicted", "gold")
 """The label rows explained by default (``labels``), in the records' order: predicted first."""
 
-SaliencyMode = Literal["gradient", "grad_x_input", "l2"]
+SaliencyMode = Literal["gradient", "grad_x_input", "l2", "occlusion"]
 MODES: tuple[str, ...] = get_args(SaliencyMode)
-"""Reductions of ∂S/∂e to a word's saliency (Sec. 3.1; :func:`hf_pairdots.saliency.saliency`)."""
+"""A word's saliency (:func:`hf_pairdots.saliency.saliency`): a reduction of ∂S/∂e (Sec. 3.1), or
+``"occlusion"``, the drop of S_y when the word is erased (no gradient)."""
 
 SaliencyTarget = Literal["prob", "logprob", "margin"]
 TARGETS: tuple[str, ...] = get_args(SaliencyTarget)

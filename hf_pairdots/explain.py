@@ -427,7 +427,7 @@ class Explainer:
             if not explained:
                 continue
             maps = text_saliency(self.model, encoded[i], list(explained), mode=self.args.saliency_mode,
-                                 target=self.args.saliency_target)
+                                 target=self.args.saliency_target, eraser=self.args.eraser)
             for (label, role), sal in zip(explained.items(), maps):
                 rows.append({"row": len(rows), "query": i, "role": role, "label": label, "saliency": sal,
                              "salient_word": sal.rank(self.args.salient_by)[0]})
@@ -443,7 +443,8 @@ class Explainer:
             # the saliency's own mode: grad_x_input where "gradient" is degenerate (pre-LayerNorm models)
             measurements = [SaliencyMeasurement(
                 row["label"], row["salient_word"], row["saliency"].mode, self.args.saliency_target,
-                -1.0 if self.args.salient_by == "magnitude" and row["saliency"].scores[row["salient_word"]] < 0 else 1.0)
+                -1.0 if self.args.salient_by == "magnitude" and row["saliency"].scores[row["salient_word"]] < 0 else 1.0,
+                self.args.eraser)
                 for row in group]
             out.append(measurement_gradients(self.objective, encoded[query], measurements))
         return torch.cat(out)

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from .arguments import SolverArguments
 from .loss import PreparedData, TrainLoss, loss_directional, tokenize
+from .erasure import eraser_token, zeroed_word_embeddings
 from .measurement import loss_measurement_gradient
 from .modeling import label_tensor, model_device
 from .solve import compute_s_test, resolve_damping_scale
@@ -364,10 +365,7 @@ def erased_variants(tokenizer, text: str, eraser: str = "unk") -> list[str]:
     (docs/architectures.md): a decoder classifier reads the last non-pad token, so erasing the
     last word with it makes the model read the token before; ``eraser="zero"`` (the word's
     embeddings set to zero) has no such effect."""
-    token = {"unk": tokenizer.unk_token, "mask": tokenizer.mask_token}.get(eraser)
-    if token is None:
-        raise ValueError(f"eraser={eraser!r}: the tokenizer has no such token; use one of "
-                         f"{[e for e in ERASERS if e == 'zero' or getattr(tokenizer, e + '_token', None)]}")
+    token = eraser_token(tokenizer, eraser)
     words = text.split()
     return [" ".join(words[:t] + [token] + words[t + 1:]) for t in range(len(words))]
 
@@ -409,19 +407,8 @@ def prepare_word_variants(objective: TrainLoss, tokenizer, text: str, label: int
     labels = [label] * (len(scored) + 1)
     if eraser == "zero":
         rows = _prepare_examples(objective, tokenizer, [text] * len(labels), labels, max_length,
-                                 _zeroed_embeddings(objective.model, encoded))
+                                 zeroed_word_embeddings(objective.model, encoded, scored))
     else:
         variants = erased_variants(tokenizer, text, eraser)
         rows = _prepare_examples(objective, tokenizer, [text, *(variants[t] for t in scored)], labels, max_length)
     return {**rows, "word_index": scored}
-
-
-def _zeroed_embeddings(model: nn.Module, encoded: EncodedText) -> Tensor:
-    """``(W' + 1, L, H)`` word embeddings of the text, row j + 1 with the pieces of its j-th scored
-    word zeroed."""
-    ids = encoded.encoding["input_ids"][:1].expand(len(encoded.scored) + 1, -1)
-    with torch.no_grad():
-        emb = model.get_input_embeddings()(ids.to(model_device(model))).clone()
-    for j, t in enumerate(encoded.scored):
-        emb[j + 1, encoded.positions(t)] = 0.0
-    return emb

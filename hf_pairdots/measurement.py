@@ -7,7 +7,9 @@
   cheapest exact route;
 * :func:`loss_measurement_gradient`: ∇θ L(z_test) for Koh & Liang's I_up,loss (Eq. 4 chained);
 * :func:`saliency_measurement` / :func:`saliency_measurement_gradient`: the saliency w_y(e) of
-  Eq. 5 as a function of θ_S and its gradient (double backward through Eq. 2).
+  Eq. 5 as a function of θ_S and its gradient (double backward through Eq. 2);
+* :func:`occlusion_measurement_gradient`: ∇θ of the occlusion saliency S_y(x) - S_y(x̃_t), a
+  first-order gradient (no double backward).
   :meth:`~hf_pairdots.loss.TrainLoss.saliency_gradients` picks the cheapest exact route for
   several measurements of one text.
 
@@ -24,8 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from .autograd import ParameterSet
+from .erasure import erased_inputs
 from .modeling import find_embedding_block, model_device
-from .saliency import embedding_gradient, token_saliency
+from .saliency import embedding_gradient, label_score, token_saliency
 
 if TYPE_CHECKING:  # for annotations only: loss.py imports this module
     from .loss import TrainLoss
@@ -36,7 +39,8 @@ if TYPE_CHECKING:  # for annotations only: loss.py imports this module
 class SaliencyMeasurement:
     """m(θ) = sign x s(x_t) for ``label``: the saliency of word ``word`` of the test text (the sum
     of its word pieces' token saliencies, Sec. 3.1) under reduction ``mode`` and score ``target``
-    (:func:`~hf_pairdots.saliency.token_saliency`, :func:`~hf_pairdots.saliency.label_score`).
+    (:func:`~hf_pairdots.saliency.token_saliency`, :func:`~hf_pairdots.saliency.label_score`), or
+    for ``mode="occlusion"`` S_y(x) - S_y(x̃_t) with ``eraser`` (:mod:`~hf_pairdots.erasure`).
     ``sign`` -1 measures -s (``salient_by="magnitude"`` for a word of negative saliency: m = |s|).
     Positive influence on it: up-weighting the training example raises m (Eq. 5)."""
 
@@ -45,6 +49,7 @@ class SaliencyMeasurement:
     mode: str = "gradient"
     target: str = "prob"
     sign: float = 1.0
+    eraser: str = "unk"
 
 
 @dataclass(frozen=True)
@@ -73,8 +78,9 @@ def measurement_gradients(objective: TrainLoss, encoded: EncodedText, measuremen
     Saliency measurements with the same mode and target share one
     :meth:`~hf_pairdots.loss.TrainLoss.saliency_gradients` call, which picks the cheapest exact
     route (one Jacobian-vector product below a cached cut for the linear reductions, else a
-    double backward per row); a loss measurement costs one backward pass, a function one
-    ``torch.func.grad``.
+    double backward per row); an occlusion measurement one forward and one backward pass of two
+    rows (:func:`occlusion_measurement_gradient`); a loss measurement one backward pass, a
+    function one ``torch.func.grad``.
 
     Raises:
         ValueError: no measurement, or a saliency measurement of a word with no token in
@@ -88,7 +94,10 @@ def measurement_gradients(objective: TrainLoss, encoded: EncodedText, measuremen
         if isinstance(m, SaliencyMeasurement):
             if m.word not in encoded.scored:
                 raise ValueError(f"word {m.word} ({encoded.words[m.word]!r}) has no token in the model's input")
-            groups.setdefault((m.mode, m.target), []).append(i)
+            if m.mode == "occlusion":
+                out[i] = occlusion_measurement_gradient(objective, encoded, m)
+            else:
+                groups.setdefault((m.mode, m.target), []).append(i)
         elif isinstance(m, LossMeasurement):
             batch = objective.prepare({**encoded.inputs(), "labels": torch.tensor([m.label])})
             out[i] = loss_measurement_gradient(objective, batch)[0]
@@ -102,6 +111,30 @@ def measurement_gradients(objective: TrainLoss, encoded: EncodedText, measuremen
         for j, i in enumerate(rows):
             out[i] = grads[j] * signs[j]
     return torch.stack(out)
+
+
+def occlusion_measurement_gradient(objective: TrainLoss, encoded: EncodedText, measurement: SaliencyMeasurement) -> Tensor:
+    """∇θ m for the occlusion saliency m(θ) = sign x [S_y(x; θ) - S_y(x̃_t; θ)] of word t
+    (``measurement.word``) of one tokenised text, ``(P,)`` on the parameters' device: x̃_t erases
+    every word piece of t (:func:`~hf_pairdots.erasure.erased_inputs`), so the gradient is
+    ∇θ S_y(x) - ∇θ S_y(x̃_t), first order. Through the objective's own ``prepare`` and ``logits``,
+    so a cached-top objective runs the bottom of the network once for both rows.
+
+    Cost: one forward pass of two rows and one backward pass (of θ_S's part).
+
+    Raises:
+        ValueError: the word has no token, or an eraser the tokenizer lacks.
+    """
+    inputs = erased_inputs(objective.model, encoded, [measurement.word], measurement.eraser)
+    labels = torch.full((2,), measurement.label)
+    with torch.no_grad():
+        batch = objective.prepare({**inputs, "labels": labels})
+
+    def m(theta: Tensor) -> Tensor:
+        score = label_score(objective.logits(theta, batch), labels, measurement.target, objective.problem_type)
+        return measurement.sign * (score[0] - score[1])
+    with torch.inference_mode(False), torch.enable_grad():  # even inside a caller's no_grad or inference_mode
+        return torch.func.grad(m)(objective.theta)
 
 
 def loss_measurement_gradient(objective: TrainLoss, batch: dict) -> Tensor:

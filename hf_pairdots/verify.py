@@ -338,7 +338,8 @@ def measure(model, tokenizer, rows: Sequence[Row], explain_args: ExplainArgument
             out.append(float(-torch.log_softmax(logits, -1)[0, row.label]))
         else:
             [sal] = saliency(model, tokenizer, [row.text], [row.label], mode=explain_args.saliency_mode,
-                             target=explain_args.saliency_target, max_length=explain_args.max_length)
+                             target=explain_args.saliency_target, max_length=explain_args.max_length,
+                             eraser=explain_args.eraser)
             out.append(row.sign * sal.scores[row.word])
     return out
 
@@ -357,7 +358,8 @@ def measurement_gradients(explainer, rows: Sequence[Row]) -> torch.Tensor:
     for row in rows:
         encoded = EncodedText.encode(explainer.tokenizer, row.text, args.max_length)
         m = (LossMeasurement(row.label) if row.word is None
-             else SaliencyMeasurement(row.label, row.word, args.saliency_mode, args.saliency_target, row.sign))
+             else SaliencyMeasurement(row.label, row.word, args.saliency_mode, args.saliency_target, row.sign,
+                                         args.eraser))
         out.append(gradients(explainer.objective, encoded, [m])[0])
     return torch.stack(out)
 

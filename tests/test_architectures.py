@@ -190,6 +190,30 @@ def test_saliency_equals_a_finite_difference(kind):
     assert sal.scores == pytest.approx(want, abs=1e-3 * scale)  # float32 saliency vs a float64 difference
 
 
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+def test_occlusion_saliency_by_hand(kind):
+    """saliency_mode="occlusion" equals S_y(x) - S_y(x with the word's pieces -> the UNK token)
+    from the model's own forward on the plain encoding, for every architecture (decoder tokenizers:
+    UNK is their EOS / pad token, the documented choice of docs/architectures.md)."""
+    net, tok = tiny(kind), tokenizer(kind)
+    text = "the film was great from start"
+    [sal] = saliency(net, tok, [text], [1], mode="occlusion")
+    enc, _ = word_encoding(tok, [text], 64)
+    eraser_id = tok.convert_tokens_to_ids(tok.unk_token)
+
+    def prob(ids):
+        with torch.no_grad():
+            return float(net(**{**dict(enc), "input_ids": ids}).logits.double().softmax(-1)[0, 1])
+    ids = enc["input_ids"]
+    want = []
+    for t in range(len(text.split())):
+        erased = ids.clone()
+        erased[0, [p for p, w in enumerate(enc.word_ids(0)) if w == t]] = eraser_id
+        want.append(prob(ids) - prob(erased))
+    assert max(abs(x) for x in want) > 1e-6
+    assert sal.scores == pytest.approx(want, abs=1e-5)
+
+
 def test_pre_layernorm_gradient_sum_is_round_off():
     net, tok = tiny("gpt2"), tokenizer("gpt2")
     [sal] = saliency(net, tok, ["a dull movie"], [0], mode="l2")  # no fallback for other modes
