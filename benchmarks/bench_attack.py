@@ -125,16 +125,17 @@ def relabelled(train: datasets.Dataset, rows) -> datasets.Dataset:
 
 
 def random_row_edits(train: datasets.Dataset, count: int, exclude, *, seed: int, tokenizer, max_length: int,
-                     max_candidates: int, num_queries: int) -> datasets.Dataset:
-    """``count`` random synonym edits of distinct random rows not in ``exclude`` (seeded; rows
-    without a synonym are passed over), dealt out to the queries round robin in ``query_index``."""
+                     max_candidates: int, num_queries: int, objective: str = "attack_down") -> datasets.Dataset:
+    """``count`` random edits of distinct random rows not in ``exclude`` (seeded; rows without a
+    candidate are passed over), dealt out to the queries round robin in ``query_index``: the
+    relations of ``objective`` (``"attack_down"``: synonyms; ``"fix_up"``: synonyms and antonyms)."""
     generator = torch.Generator().manual_seed(seed)
     banned = set(exclude)
     order = [int(i) for i in torch.randperm(len(train), generator=generator) if int(i) not in banned]
     order = order[:3 * count + 20]  # enough rows with a synonym, without a WordNet pass over the whole set
     stub = datasets.Dataset.from_dict({"source_train_index": order,
                                        "query_index": [j % num_queries for j in range(len(order))],
-                                       "objective": ["attack_down"] * len(order)})
+                                       "objective": [objective] * len(order)})
     edits = random_baseline(stub, train, seed=seed, max_candidates=max_candidates, tokenizer=tokenizer,
                             max_length=max_length)
     return edits.select(range(min(count, len(edits))))
