@@ -81,7 +81,7 @@ def split_dev(model, tokenizer, dev, a):
 
 def fixing_explanations(a, model, tokenizer, train, targeted, run: Path):
     """The fixing explanations of the targeted dev errors (resumable under ``<run>/explain``)."""
-    config = {"params": "head", "solver": "lissa", "depth": a.depth, "num_sampled": a.num_sampled,
+    config = {"params": "head", "saliency_mode": a.saliency_mode, "solver": "lissa", "depth": a.depth, "num_sampled": a.num_sampled,
               "max_candidates": a.max_candidates, "num_queries": len(targeted), "max_length": a.max_length,
               "seeds": [0], "top_k": None}
     return common.explain_with_edits(config, model, tokenizer, train, targeted, run / "explain", selection="all",
@@ -212,7 +212,8 @@ def table(result: dict, a) -> str:
              f"{result['queries']} targeted dev errors, {result['other_dev']} other dev sentences, {result['test']} test "
              f"sentences. Warm protocol: {a.warm_epochs:g} epoch(s) over the augmented set from the trained weights at "
              f"lr {a.warm_lr:g}, retraining {a.retrain_params} parameters; initial protocol: the full recipe from the "
-             f"packaged MiniLM. Seconds: training {s.get('train')}, fixing explanations {s.get('explain')}.", "",
+             f"packaged MiniLM. Fixing edits chosen with saliency_mode={a.saliency_mode}. Seconds: training "
+             f"{s.get('train')}, fixing explanations {s.get('explain')}.", "",
              "Fixed: a targeted dev error classified correctly after retraining; pooled over seeds x queries, 95 % "
              "Wilson interval. Accuracies: mean ± std over seeds, in %. Added: training rows added in all (per query: "
              "distinct source rows per targeted dev error).", "",
@@ -252,6 +253,7 @@ def main(argv=None) -> int:
     p.add_argument("--warm-lr", type=float, default=5e-5)
     p.add_argument("--retrain-params", default="explained", choices=["all", "explained"])
     p.add_argument("--max-length", type=int, default=48)
+    p.add_argument("--saliency-mode", default="occlusion", help="ExplainArguments.saliency_mode of the fixing edits")
     p.add_argument("--depth", type=int, default=50)
     p.add_argument("--num-sampled", type=int, default=3)
     p.add_argument("--max-candidates", type=int, default=8)

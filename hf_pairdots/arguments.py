@@ -233,8 +233,10 @@ class MeasurementArguments(_Serializable):
     params: str | list[str] = _option(factory=lambda: "auto",
                                       help="parameter subset θ_S of influence: " + _PARAMS_HELP + "; auto = the "
                                            "LoRA adapters of a peft model, else pooler + classifier (head)")
-    saliency_mode: SaliencyMode = _option("gradient", help="reduction of ∂S/∂e to a word's saliency (see "
-                                                           "hf_pairdots.saliency)")
+    saliency_mode: SaliencyMode = _option("occlusion", help="a word's saliency: occlusion (S_y(x) - S_y(x with the word "
+                                                            "erased by `eraser`; the measured default, see "
+                                                            "docs/explanations.md), or a reduction of ∂S/∂e: gradient "
+                                                            "(the paper's Σ_j ∂S_y/∂e_t,j), grad_x_input, l2")
     saliency_target: SaliencyTarget = _option("prob", help="the score S_y whose gradient saliency takes: prob (the "
                                                            "paper), logprob or margin")
     salient_by: SalientBy = _option("value", help="which word is the most salient and what Eq. 5 measures: value "
@@ -266,7 +268,8 @@ class EditArguments(_Serializable):
     """Responsible words (Eq. 8) and WordNet edits of the top-k training examples (Sec. 4.2-4.3,
     Eq. 9-12; :mod:`hf_pairdots.augment.search`). Every field's ``help`` says what it sets."""
 
-    eraser: Eraser = _option("unk", help="how Eq. 8 erases a word of a training example")
+    eraser: Eraser = _option("unk", help="how a word is erased: by Eq. 8 in a training example, and by occlusion saliency "
+                                         "in the test text")
     edit: EditMode | None = _option(None, help="also propose a WordNet edit of every top-k training example: fix "
                                                "(gold row: ↑I(z, w_y); predicted row: ↓I(z, w_y'); synonyms and "
                                                "antonyms) or attack (gold row: ↓I(z, w_y); predicted row: "

@@ -32,7 +32,8 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 CARD_TEMPLATE = REPO / "model_cards" / "model_card.md.j2"
 TINY = "tiny"
 
-CONFIG_OPTIONS = ("params", "num_sampled", "max_candidates", "solver", "depth", "repeat", "damping", "power_iters")
+CONFIG_OPTIONS = ("params", "saliency_mode", "num_sampled", "max_candidates", "solver", "depth", "repeat", "damping",
+                  "power_iters")
 """Config keys passed on to :class:`~hf_pairdots.arguments.ExplainArguments` (or its solver) when
 set; the others keep the dataclasses' defaults."""
 

@@ -44,7 +44,8 @@ def queries(model, tok):
 
 
 def _args(cache_dir=None, **solver):
-    return ExplainArguments(queries="all", top_k=3, max_length=16, batch_size=4,
+    # the paper's saliency: the measured overlaps and spreads below are its rows'
+    return ExplainArguments(queries="all", top_k=3, max_length=16, batch_size=4, saliency_mode="gradient",
                             solver=SolverOptions(**{**SOLVER, **solver, "cache_dir": cache_dir}))
 
 

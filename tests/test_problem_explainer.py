@@ -142,6 +142,7 @@ def test_explainer_influence_equals_the_explicit_hessian(tok, kind, k, labels):
     "classifier", exact solver, λ = 0.05) equals the float64 closed form on the pooled features."""
     model = _model(kind, k)
     args = ExplainArguments(queries="all", params="classifier", top_k=len(TEXTS), max_length=32, ranking="raw",
+                            saliency_mode="gradient",  # the closed form differentiates the gradient saliency
                             solver=SolverOptions(solver="exact", damping=DAMPING))
     explainer = Explainer(model, tok, TEXTS, labels, args)
     assert explainer.objective.params.names == ("classifier.weight", "classifier.bias")
