@@ -66,12 +66,14 @@ def test_golden_record_fields_hold_the_json_values():
     assert (record.query_index, record.text, record.gold, record.predicted) == (0, "was movie actor poor the", 0, 0)
     gold = record.label("gold")
     assert gold is record.labels[0] and record.label("predicted") is None  # a correct prediction: one row
-    assert gold.salient_word == 2 and record.words[gold.salient_word] == "actor"
-    top = gold.top_train[0]
-    assert (top.train_index, top.responsible_word, top.words[top.responsible_word]) == (38, 1, "poor")
-    assert top.influence == pytest.approx(9.5873e-08, rel=1e-2)  # the golden file's CPU, to another's rounding
+    # occlusion: erasing "poor", the sentence's one sentiment word, drops P(neg) by 0.97; the rest ~0
+    assert gold.salient_word == 3 and record.words[gold.salient_word] == "poor"
+    assert gold.saliency[3] == pytest.approx(0.9731, abs=1e-3) and max(abs(s) for s in gold.saliency[:3]) < 1e-4
+    top = gold.top_train[0]  # a negative training sentence whose responsible word is its sentiment word
+    assert (top.train_index, top.responsible_word, top.words[top.responsible_word]) == (0, 3, "dull")
+    assert top.influence == pytest.approx(0.026037, rel=1e-2)  # the golden file's CPU, to another's rounding
     assert (top.edit.objective, top.edit.original, top.edit.replacement, top.edit.position) == (
-        "fix_up", "scene", "picture", 0)
+        "fix_up", "dull", "benumb", 3)
     assert record.diagnostics.solve == {"damping": pytest.approx(0.036141, rel=1e-3), "iterations": [7], "solver": "cg"}
     assert record.diagnostics.cached == [False] and record.diagnostics.topk_overlap is None
 
