@@ -306,10 +306,26 @@ def run_job(context, protocol, data, targeted, untouched, a) -> dict:
             "train_rows": len(data), "seconds": round(time.perf_counter() - start, 1)}
 
 
+def job_contexts(a, model, tokenizer, train, explain_args):
+    """``(protocol, seed, JobContext)`` of every retraining run of ``--protocol`` and ``--seeds``
+    (``--initial-seeds`` of them for the dearer initial protocol, which retrains every parameter)."""
+    from hf_pairdots.models import PACKAGED_MINILM
+    from hf_pairdots.verify import JobContext, VerifyArguments
+
+    protocols = ("warm", "initial") if a.protocol == "both" else (a.protocol,)
+    for protocol in protocols:
+        for seed in (a.seeds if protocol == "warm" else a.seeds[:a.initial_seeds]):
+            args = VerifyArguments(protocol=protocol, init_model=PACKAGED_MINILM, epochs=a.epochs,
+                                   learning_rate=a.lr, warm_epochs=a.warm_epochs, warm_learning_rate=a.warm_lr,
+                                   seed=seed, retrain_params=a.retrain_params if protocol == "warm" else "all",
+                                   num_threads=a.threads)
+            yield protocol, seed, JobContext(model=model, init_model=PACKAGED_MINILM, tokenizer=tokenizer, train=train,
+                                             rows=[], explain_args=explain_args, args=args)
+
+
 def measure(a) -> dict:
     from hf_pairdots.augment.lexicon import ensure_wordnet
-    from hf_pairdots.models import PACKAGED_MINILM, load_tokenizer
-    from hf_pairdots.verify import JobContext, VerifyArguments
+    from hf_pairdots.models import load_tokenizer
 
     ensure_wordnet()
     run = Path(a.run_dir)
@@ -322,28 +338,20 @@ def measure(a) -> dict:
     targeted, untouched = split_queries(model, tokenizer, test, a)
     made, loss, explain_seconds = influence_edits(a, model, tokenizer, train, targeted, run)
     seconds.update(explain_seconds)
-    protocols = ("warm", "initial") if a.protocol == "both" else (a.protocol,)
-    for protocol in protocols:
-        for seed in (a.seeds if protocol == "warm" else a.seeds[:a.initial_seeds]):
-            args = VerifyArguments(protocol=protocol, init_model=PACKAGED_MINILM, epochs=a.epochs,
-                                   learning_rate=a.lr, warm_epochs=a.warm_epochs, warm_learning_rate=a.warm_lr,
-                                   seed=seed, retrain_params=a.retrain_params if protocol == "warm" else "all",
-                                   num_threads=a.threads)
-            context = JobContext(model=model, init_model=PACKAGED_MINILM, tokenizer=tokenizer, train=train, rows=[],
-                                 explain_args=made.args, args=args)
-            todo = [("unedited", 0, (train, 0, 0.0))]
-            for k in a.ks:
-                todo += [(m, k, s) for m, s in training_sets(a, made, loss, train, tokenizer, seed, k).items()]
-            for method, k, (data, n_edits, spread) in todo:
-                path = run / "jobs" / f"{job_key(protocol, method, k, seed)}.json"
-                if path.is_file():
-                    continue
-                result = run_job(context, protocol, data, targeted, untouched, a)
-                result.update({"protocol": protocol, "method": method, "k": k, "seed": seed, "edits": n_edits,
-                               "rows_per_query": spread})
-                atomic_write_text(path, json.dumps(result))
-                print(f"[bench_attack] {path.stem}: targeted {result['targeted_accuracy']:.3f}, collateral "
-                      f"{result['collateral_accuracy']:.3f}, {n_edits} edits, {result['seconds']} s", flush=True)
+    for protocol, seed, context in job_contexts(a, model, tokenizer, train, made.args):
+        todo = [("unedited", 0, (train, 0, 0.0))]
+        for k in a.ks:
+            todo += [(m, k, s) for m, s in training_sets(a, made, loss, train, tokenizer, seed, k).items()]
+        for method, k, (data, n_edits, spread) in todo:
+            path = run / "jobs" / f"{job_key(protocol, method, k, seed)}.json"
+            if path.is_file():
+                continue
+            result = run_job(context, protocol, data, targeted, untouched, a)
+            result.update({"protocol": protocol, "method": method, "k": k, "seed": seed, "edits": n_edits,
+                           "rows_per_query": spread})
+            atomic_write_text(path, json.dumps(result))
+            print(f"[bench_attack] {path.stem}: targeted {result['targeted_accuracy']:.3f}, collateral "
+                  f"{result['collateral_accuracy']:.3f}, {n_edits} edits, {result['seconds']} s", flush=True)
     jobs = [json.loads(p.read_text()) for p in sorted((run / "jobs").glob("*.json"))]
     return {"train_size": len(train), "queries": len(targeted), "untouched": len(untouched), "seconds": seconds,
             "jobs": jobs}
@@ -404,13 +412,14 @@ def table(result: dict, a) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def retraining_arguments(p: argparse.ArgumentParser, *, ks, run_dir: str) -> argparse.ArgumentParser:
+    """The options bench_attack and bench_fix share: data, base model, budgets, seeds, retraining
+    protocols, the edit search and the run folder (``--ks`` defaults to ``ks``)."""
     p.add_argument("--data", default=str(BENCH.parents[1] / "shared" / "data" / "sst_sentence"))
     p.add_argument("--train-size", type=int, default=1000)
     p.add_argument("--test-size", type=int, default=500)
     p.add_argument("--queries", type=int, default=50)
-    p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 6])
+    p.add_argument("--ks", type=int, nargs="+", default=list(ks))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--protocol", default="warm", choices=["warm", "initial", "both"])
     p.add_argument("--initial-seeds", type=int, default=1, help="seeds of the initial protocol (its jobs are dearer)")
@@ -425,8 +434,13 @@ def main(argv=None) -> int:
     p.add_argument("--max-candidates", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="subsample and base-training seed")
-    p.add_argument("--run-dir", default="runs/bench_attack")
+    p.add_argument("--run-dir", default=run_dir)
     p.add_argument("--out", default=None, help="Markdown file to put the table in (default: print only)")
+    return p
+
+
+def run_benchmark(p: argparse.ArgumentParser, argv, measure, table, begin: str, end: str) -> int:
+    """Parse, measure, print the table, keep ``<run-dir>/result.json`` and write the section of ``--out``."""
     a = p.parse_args(argv)
     a.argv = argv if argv is not None else sys.argv[1:]
     torch.set_num_threads(a.threads)
@@ -435,8 +449,14 @@ def main(argv=None) -> int:
     print(text)
     atomic_write_text(Path(a.run_dir) / "result.json", json.dumps(result, indent=2) + "\n")
     if a.out:
-        write_section(a.out, text, BEGIN, END)
+        write_section(a.out, text, begin, end)
     return 0
+
+
+def main(argv=None) -> int:
+    p = retraining_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]), ks=[1, 2, 6],
+                             run_dir="runs/bench_attack")
+    return run_benchmark(p, argv, measure, table, BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -47,12 +47,11 @@ sys.path.insert(0, str(BENCH.parent / "recipes"))
 import common  # noqa: E402  (sets HF_HUB_OFFLINE)
 
 import datasets  # noqa: E402
-import torch  # noqa: E402
 
-from bench_attack import base_model, distinct_rows_per_query, predictions, random_row_edits, wilson  # noqa: E402
+from bench_attack import (base_model, distinct_rows_per_query, job_contexts, predictions, random_row_edits,  # noqa: E402
+                          retraining_arguments, run_benchmark, wilson)
 from hf_pairdots.augment.dataset import apply_edits, random_baseline  # noqa: E402
 from hf_pairdots.io import atomic_write_text  # noqa: E402
-from results_md import write_section  # noqa: E402
 
 BEGIN, END = "<!-- bench_fix:begin -->", "<!-- bench_fix:end -->"
 METHODS = ("fix", "random_same", "random_rows", "copies")
@@ -137,8 +136,7 @@ def run_job(context, protocol, data, splits, a) -> dict:
 
 def measure(a) -> dict:
     from hf_pairdots.augment.lexicon import ensure_wordnet
-    from hf_pairdots.models import PACKAGED_MINILM, load_tokenizer
-    from hf_pairdots.verify import JobContext, VerifyArguments
+    from hf_pairdots.models import load_tokenizer
 
     ensure_wordnet()
     run = Path(a.run_dir)
@@ -152,28 +150,20 @@ def measure(a) -> dict:
     start = time.perf_counter()
     made = fixing_explanations(a, model, tokenizer, train, targeted, run)
     seconds["explain"] = round(time.perf_counter() - start, 1)
-    protocols = ("warm", "initial") if a.protocol == "both" else (a.protocol,)
-    for protocol in protocols:
-        for seed in (a.seeds if protocol == "warm" else a.seeds[:a.initial_seeds]):
-            args = VerifyArguments(protocol=protocol, init_model=PACKAGED_MINILM, epochs=a.epochs,
-                                   learning_rate=a.lr, warm_epochs=a.warm_epochs, warm_learning_rate=a.warm_lr,
-                                   seed=seed, retrain_params=a.retrain_params if protocol == "warm" else "all",
-                                   num_threads=a.threads)
-            context = JobContext(model=model, init_model=PACKAGED_MINILM, tokenizer=tokenizer, train=train, rows=[],
-                                 explain_args=made.args, args=args)
-            todo = [("unedited", 0, (train, 0, 0.0))]
-            for k in (a.ks if protocol == "warm" else a.initial_ks or a.ks):
-                todo += [(m, k, s) for m, s in training_sets(a, made, train, tokenizer, seed, k).items()]
-            for method, k, (data, added, spread) in todo:
-                path = run / "jobs" / f"{job_key(protocol, method, k, seed)}.json"
-                if path.is_file():
-                    continue
-                result = run_job(context, protocol, data, (targeted, other_dev, test), a)
-                result.update({"protocol": protocol, "method": method, "k": k, "seed": seed, "added": added,
-                               "rows_per_query": spread})
-                atomic_write_text(path, json.dumps(result))
-                print(f"[bench_fix] {path.stem}: fixed {result['fixed_share']:.3f}, dev {result['dev_accuracy']:.3f}, "
-                      f"test {result['test_accuracy']:.3f}, +{added} rows, {result['seconds']} s", flush=True)
+    for protocol, seed, context in job_contexts(a, model, tokenizer, train, made.args):
+        todo = [("unedited", 0, (train, 0, 0.0))]
+        for k in (a.ks if protocol == "warm" else a.initial_ks or a.ks):
+            todo += [(m, k, s) for m, s in training_sets(a, made, train, tokenizer, seed, k).items()]
+        for method, k, (data, added, spread) in todo:
+            path = run / "jobs" / f"{job_key(protocol, method, k, seed)}.json"
+            if path.is_file():
+                continue
+            result = run_job(context, protocol, data, (targeted, other_dev, test), a)
+            result.update({"protocol": protocol, "method": method, "k": k, "seed": seed, "added": added,
+                           "rows_per_query": spread})
+            atomic_write_text(path, json.dumps(result))
+            print(f"[bench_fix] {path.stem}: fixed {result['fixed_share']:.3f}, dev {result['dev_accuracy']:.3f}, "
+                  f"test {result['test_accuracy']:.3f}, +{added} rows, {result['seconds']} s", flush=True)
     jobs = [json.loads(p.read_text()) for p in sorted((run / "jobs").glob("*.json"))]
     return {"train_size": len(train), "queries": len(targeted), "other_dev": len(other_dev), "test": len(test),
             "seconds": seconds, "jobs": jobs}
@@ -237,40 +227,11 @@ def table(result: dict, a) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=str(BENCH.parents[1] / "shared" / "data" / "sst_sentence"))
-    p.add_argument("--train-size", type=int, default=1000)
-    p.add_argument("--test-size", type=int, default=500)
-    p.add_argument("--queries", type=int, default=50)
-    p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    p = retraining_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]), ks=[1, 2, 4, 8, 16],
+                             run_dir="runs/bench_fix")
     p.add_argument("--initial-ks", type=int, nargs="*", default=[], help="ks of the initial protocol (default --ks)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--protocol", default="warm", choices=["warm", "initial", "both"])
-    p.add_argument("--initial-seeds", type=int, default=1, help="seeds of the initial protocol (its jobs are dearer)")
-    p.add_argument("--epochs", type=float, default=2)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--warm-epochs", type=float, default=1)
-    p.add_argument("--warm-lr", type=float, default=5e-5)
-    p.add_argument("--retrain-params", default="explained", choices=["all", "explained"])
-    p.add_argument("--max-length", type=int, default=48)
     p.add_argument("--saliency-mode", default="occlusion", help="ExplainArguments.saliency_mode of the fixing edits")
-    p.add_argument("--depth", type=int, default=50)
-    p.add_argument("--num-sampled", type=int, default=3)
-    p.add_argument("--max-candidates", type=int, default=8)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0, help="subsample and base-training seed")
-    p.add_argument("--run-dir", default="runs/bench_fix")
-    p.add_argument("--out", default=None, help="Markdown file to put the table in (default: print only)")
-    a = p.parse_args(argv)
-    a.argv = argv if argv is not None else sys.argv[1:]
-    torch.set_num_threads(a.threads)
-    result = measure(a)
-    text = table(result, a)
-    print(text)
-    atomic_write_text(Path(a.run_dir) / "result.json", json.dumps(result, indent=2) + "\n")
-    if a.out:
-        write_section(a.out, text, BEGIN, END)
-    return 0
+    return run_benchmark(p, argv, measure, table, BEGIN, END)
 
 
 if __name__ == "__main__":
