@@ -244,6 +244,13 @@ class MeasurementArguments(_Serializable):
                                                   "(largest |s(x_t)|, m = |s(x_t)|)")
     max_length: int = _option(128, help="truncation length in tokens (truncation is reported per query)")
     batch_size: int = _option(64, help="examples per forward pass")
+    label_smoothing: float | None = _option(None, help="ε of the label-smoothed cross-entropy the model was trained "
+                                                       "with (the loss influence differentiates); None = the "
+                                                       "TrainingArguments' label_smoothing_factor under "
+                                                       "PairDotsCallback, else 0; single-label only")
+    class_weights: list[float] | None = _option(None, help="per-label weights of the cross-entropy the model was "
+                                                           "trained with (nn.CrossEntropyLoss(weight=...)), one per "
+                                                           "label; None = unweighted; single-label only")
     suspicious: int = _option(0, help="also list this many training examples with the largest self-influence "
                                       "∇θL(z)ᵀ(H + λI)⁻¹∇θL(z) (often mislabelled ones) in suspicious.json and the "
                                       "report, and check them against the ranking by influence on the query "
@@ -252,12 +259,22 @@ class MeasurementArguments(_Serializable):
                                                  help="θ_S of the self-influence: " + _PARAMS_HELP + "; classifier "
                                                       "(exact and cheap)")
 
+    def loss_terms(self) -> dict:
+        """The keyword arguments of :func:`~hf_pairdots.loss.make_train_loss` these options give
+        (``label_smoothing`` None is 0: no smoothing)."""
+        return {"label_smoothing": self.label_smoothing or 0.0, "class_weights": self.class_weights}
+
     def __post_init__(self):
         self.params = _preset_or_patterns(self.params)
         self.suspicious_params = _preset_or_patterns(self.suspicious_params)
         _choose("MeasurementArguments", saliency_mode=(self.saliency_mode, MODES),
                 saliency_target=(self.saliency_target, TARGETS), salient_by=(self.salient_by, SALIENT_BY))
         _positive("MeasurementArguments", max_length=self.max_length, batch_size=self.batch_size)
+        if self.label_smoothing is not None and not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"MeasurementArguments.label_smoothing={self.label_smoothing}: must lie in [0, 1) "
+                             "(or None)")
+        if self.class_weights is not None:
+            self.class_weights = [float(w) for w in self.class_weights]
         if isinstance(self.suspicious, bool) or not isinstance(self.suspicious, int) or self.suspicious < 0:
             raise ValueError(f"MeasurementArguments.suspicious={self.suspicious!r}: give the number of training "
                              "examples to list (an int >= 0; 0 = off)")

@@ -36,6 +36,7 @@ explain``, the recipes). ``hf_pairdots.callback.explain_dataset``, ``select_quer
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from pathlib import Path
@@ -145,10 +146,11 @@ class PairDotsCallback(TrainerCallback):
             raise ValueError("PairDotsCallback: no tokenizer; pass tokenizer= or Trainer(processing_class=...)")
         if train is None or "text" not in train.column_names:
             raise ValueError("PairDotsCallback: the Trainer's train dataset has no 'text' column; pass train_dataset=")
-        warn_if_loss_differs(train_args)
+        args = with_training_smoothing(self.args, train_args)
+        warn_if_loss_differs(train_args, args)
         if self.trainer is not None:
-            warn_if_trainer_loss_differs(self.trainer, kwargs["model"])
-        self.last_summary = explain_dataset(kwargs["model"], tokenizer, train, self.query_dataset, self.args, out,
+            warn_if_trainer_loss_differs(self.trainer, kwargs["model"], args)
+        self.last_summary = explain_dataset(kwargs["model"], tokenizer, train, self.query_dataset, args, out,
                                             show_progress=not train_args.disable_tqdm,
                                             meta={"global_step": state.global_step,
                                                   "best_model_checkpoint": state.best_model_checkpoint})
@@ -161,31 +163,52 @@ class PairDotsCallback(TrainerCallback):
             logger.info("PairDots: %s", self.last_summary)
 
 
-def warn_if_loss_differs(train_args) -> bool:
-    """Warn (``UserWarning``) when the ``TrainingArguments`` train with a loss other than the one
-    influence differentiates (:func:`~hf_pairdots.loss.example_losses`): a
-    ``label_smoothing_factor`` above 0 moves the optimum, so the mean gradient of the plain loss
-    is not about 0 there and H is taken at another point than the training loss's. Returns
-    whether it warned."""
-    smoothing = float(getattr(train_args, "label_smoothing_factor", 0.0) or 0.0)
-    if smoothing > 0:
-        warnings.warn(f"TrainingArguments.label_smoothing_factor={smoothing:g}: the model was trained with label "
-                      "smoothing, but influence differentiates the model's plain loss (cross-entropy without "
-                      "smoothing), whose gradient at the trained weights is not zero; the scores describe a "
-                      "slightly different minimum (train without smoothing for faithful influence)",
-                      UserWarning, stacklevel=2)
-        return True
-    return False
+def _training_smoothing(train_args) -> float:
+    return float(getattr(train_args, "label_smoothing_factor", 0.0) or 0.0)
 
 
-def warn_if_trainer_loss_differs(trainer, model, rtol: float = 1e-4) -> bool:
+def with_training_smoothing(args: ExplainArguments, train_args) -> ExplainArguments:
+    """``args`` with ``label_smoothing`` None replaced by the ``TrainingArguments``'
+    ``label_smoothing_factor`` when that is above 0 (a copy; ``args`` is not changed), so that
+    influence differentiates the smoothed loss the Trainer trained with. None stays None
+    without smoothing, so a run saved before this option resumes unchanged."""
+    smoothing = _training_smoothing(train_args)
+    if args.label_smoothing is not None or smoothing == 0:
+        return args
+    resolved = copy.copy(args)
+    resolved.label_smoothing = smoothing  # the flat setter replaces the measurement group: args keeps its own
+    return resolved
+
+
+def warn_if_loss_differs(train_args, args: ExplainArguments | None = None) -> bool:
+    """Warn (``UserWarning``) when the ``TrainingArguments``' ``label_smoothing_factor`` is not
+    the ``label_smoothing`` influence differentiates (``args.label_smoothing``, None = 0; see
+    :func:`~hf_pairdots.loss.example_losses`): the optimum of the loss trained then differs from
+    the one differentiated, whose mean gradient at the trained weights is not zero, and H is
+    taken at another point. Under the callback ``args`` comes from
+    :func:`with_training_smoothing`, so this warns only for a smoothing set by hand to another
+    value. Returns whether it warned."""
+    trained = _training_smoothing(train_args)
+    differentiated = float((args.label_smoothing if args is not None else None) or 0.0)
+    if trained == differentiated:
+        return False
+    warnings.warn(f"TrainingArguments.label_smoothing_factor={trained:g}, but influence differentiates the "
+                  f"cross-entropy with label_smoothing={differentiated:g}, whose gradient at the trained weights "
+                  "is not zero; the scores describe another minimum (leave ExplainArguments.label_smoothing "
+                  "None to follow the training)", UserWarning, stacklevel=2)
+    return True
+
+
+def warn_if_trainer_loss_differs(trainer, model, args: ExplainArguments | None = None, rtol: float = 1e-4) -> bool:
     """Warn (``UserWarning``) when a Trainer with its own loss (a subclass overriding
     ``compute_loss``, e.g. class-weighted cross-entropy, or a ``compute_loss_func``) gives another
-    value than the loss influence differentiates (:func:`~hf_pairdots.loss.example_losses`, the
-    model's own ``outputs.loss``) on the first training batch, beyond relative ``rtol``: the scores
-    then describe the minimum of another loss. A Trainer without its own loss is not checked.
-    Only an attached callback (:meth:`PairDotsCallback.attach`) knows its Trainer; a plain
-    callback is never handed it, so this check needs ``attach``. Returns whether it warned.
+    value on the first training batch than the loss influence differentiates, beyond relative
+    ``rtol``: :func:`~hf_pairdots.loss.example_losses` with ``args``' ``label_smoothing`` and
+    ``class_weights`` (none without ``args``), averaged as ``nn.CrossEntropyLoss(weight=w)``
+    does, Σ_i ℓ_i / Σ_i w_{y_i}. The scores would then describe the minimum of another loss. A
+    Trainer without its own loss is not checked. Only an attached callback
+    (:meth:`PairDotsCallback.attach`) knows its Trainer; a plain callback is never handed it, so
+    this check needs ``attach``. Returns whether it warned.
 
     Cost: two forward passes of one training batch, in eval mode, without gradients (the
     model's mode is restored).
@@ -199,14 +222,20 @@ def warn_if_trainer_loss_differs(trainer, model, rtol: float = 1e-4) -> bool:
              next(iter(trainer.get_train_dataloader())).items()}
     if "labels" not in batch:  # nothing to compare the loss with
         return False
+    terms = args.measurement.loss_terms() if args is not None else {}
     with eval_mode(net), torch.no_grad():
         trained = float(trainer.compute_loss(net, dict(batch)))
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        own = float(example_losses(net(**inputs).logits, batch["labels"], problem_type(net)).mean())
+        losses = example_losses(net(**inputs).logits, batch["labels"], problem_type(net), **terms)
+        weights = terms.get("class_weights")
+        own = float(losses.mean() if weights is None
+                    else losses.sum() / torch.as_tensor(weights, device=device)[batch["labels"]].sum())
     if abs(trained - own) <= rtol * max(abs(own), 1e-12):
         return False
+    described = ", ".join(f"{k}={v}" for k, v in terms.items() if v) or "no label smoothing, no class weights"
     warnings.warn(f"{type(trainer).__name__}.compute_loss gives {trained:.6g} on the first training batch, but "
-                  f"influence differentiates the model's own loss ({own:.6g}: plain {problem_type(net)} loss, no "
-                  "class weights); the scores describe the minimum of that loss, not of the one trained "
-                  "(Explainer.train_gradient_norm says how far off the point is)", UserWarning, stacklevel=2)
+                  f"influence differentiates {own:.6g} (the {problem_type(net)} loss with {described}); the "
+                  "scores describe the minimum of that loss, not of the one trained (set "
+                  "ExplainArguments.label_smoothing / class_weights to the training's; Explainer.train_gradient_norm "
+                  "says how far off the point is)", UserWarning, stacklevel=2)
     return True

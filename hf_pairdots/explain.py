@@ -218,7 +218,7 @@ class Explainer:
                              "texts with at least one word the tokenizer keeps")
         kept_texts = [self.train_texts[i] for i in self.train_rows]
         kept_labels = [self.train_labels[i] for i in self.train_rows]
-        self.objective = make_train_loss(model, args.params)
+        self.objective = make_train_loss(model, args.params, **args.measurement.loss_terms())
         self.data = prepare_data(self.objective, tokenizer, kept_texts, kept_labels, batch_size=args.batch_size,
                                  max_length=args.max_length, rows=self.train_rows)
         self.lexicon = None
@@ -243,7 +243,8 @@ class Explainer:
                 fingerprint_tokenizer(tokenizer),  # the same texts through another tokenizer are other inputs
                 self.solver,  # resolved λ and σ; cache_key leaves out keep_repeats and cache_dir
                 {"params": args.params, "max_length": args.max_length, "batch_size": args.batch_size,
-                 "objective": self.objective.key_name, "residual_examples": RESIDUAL_EXAMPLES},
+                 "objective": self.objective.key_name, "residual_examples": RESIDUAL_EXAMPLES,
+                 **self.objective.key_terms},  # empty for the plain loss: earlier keys stay valid
             )
 
     @autocast_disabled()

@@ -148,13 +148,22 @@ def check_linear(objective: TrainLoss) -> _Network:
     """The module curvlinops fits, after checking that θ_S lies in ``nn.Linear`` layers and that
     the loss is cross-entropy.
 
+    Label smoothing leaves the fit unchanged: the Hessian of -Σ_k q_k log p_k in the logits is
+    diag(p) - ppᵀ for every target distribution q, so the Fisher of the smoothed loss is the plain
+    one's. Class weights scale each example's term by Σ_k q_k w_k, which curvlinops' fit does not
+    take.
+
     Raises:
-        ValueError: the model's problem type is not single-label classification.
+        ValueError: the model's problem type is not single-label classification, or the loss
+            has class weights.
         UnsupportedModelError: from :func:`linear_parameter_owners`.
     """
     if objective.problem_type != SINGLE_LABEL:
         raise ValueError(f"curvature='kfac'/'ekfac' supports single-label classification only, not "
                          f"{objective.problem_type!r}; use curvature='ggn'")
+    if objective.class_weights is not None:
+        raise ValueError("curvature='kfac'/'ekfac' fits the unweighted cross-entropy; with class_weights use "
+                         "curvature='ggn' or 'hessian'")
     network = _Network(objective)
     names = tuple(("model." + n) if network.cached else n for n in objective.params.names)  # TopHead holds .model
     linear_parameter_owners(network.net, names)

@@ -39,7 +39,8 @@ from .saliency import LINEAR_MODES, label_score, saliency_direction
 from .text import word_encoding
 
 
-def example_losses(logits: Tensor, labels: Tensor, kind: str = SINGLE_LABEL) -> Tensor:
+def example_losses(logits: Tensor, labels: Tensor, kind: str = SINGLE_LABEL, *, label_smoothing: float = 0.0,
+                   class_weights: Sequence[float] | Tensor | None = None) -> Tensor:
     """Per-example training loss ``(B,)`` of ``(B, K)`` logits, float32, as the
     ``*ForSequenceClassification`` head of ``config.problem_type`` ``kind`` computes its mean:
     cross-entropy against class ids (``"single_label_classification"``), binary cross-entropy
@@ -47,16 +48,53 @@ def example_losses(logits: Tensor, labels: Tensor, kind: str = SINGLE_LABEL) -> 
     (``"multi_label_classification"``), squared error against float targets (``"regression"``,
     averaged over the K outputs; ``(B,)`` targets for K = 1). The mean over examples equals
     the model's own ``outputs.loss``. ``labels`` may live anywhere (moved to ``logits``' device).
-    Label smoothing and class weights are not applied (the Trainer's ``label_smoothing_factor``
-    changes the loss it trains with: :class:`~hf_pairdots.callback.PairDotsCallback` warns)."""
+
+    Single-label only, the two terms the Trainer adds to the loss it trains with:
+    ``label_smoothing`` ε (``TrainingArguments.label_smoothing_factor``; the Trainer's
+    ``LabelSmoother``): ℓ = (1 - ε)(-log p_y) + (ε/K) Σ_k (-log p_k); ``class_weights`` ``(K,)``
+    w (``nn.CrossEntropyLoss(weight=w)`` in a custom ``compute_loss``): each class's terms
+    weighted, ℓ = (1 - ε) w_y (-log p_y) + (ε/K) Σ_k w_k (-log p_k) (``F.cross_entropy`` with
+    ``reduction="none"``; the weighted mean a Trainer takes is Σ_i ℓ_i / Σ_i w_{y_i}, the same
+    minimiser as the plain mean over a data set, which influence uses: see
+    docs/architectures.md).
+
+    Raises:
+        ValueError: smoothing or weights for another problem type, ε outside [0, 1), or weights
+            that are not K finite non-negative numbers with a positive sum.
+    """
     logits = logits.float()
     labels = labels.to(logits.device)
+    weight = check_loss_terms(kind, logits.shape[-1], label_smoothing, class_weights)
     if kind == SINGLE_LABEL:
-        return F.cross_entropy(logits, labels, reduction="none")
+        return F.cross_entropy(logits, labels, weight=None if weight is None else weight.to(logits.device),
+                               label_smoothing=label_smoothing, reduction="none")
     target = labels.float().reshape(logits.shape)
     if kind == MULTI_LABEL:
         return F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(-1)
     return (logits - target).square().mean(-1)
+
+
+def check_loss_terms(kind: str, num_labels: int, label_smoothing: float = 0.0,
+                     class_weights: Sequence[float] | Tensor | None = None) -> Tensor | None:
+    """The ``(K,)`` float32 CPU tensor of ``class_weights`` (None stays None) after checking both
+    loss terms of :func:`example_losses` for a head of ``num_labels`` outputs.
+
+    Raises:
+        ValueError: as :func:`example_losses`.
+    """
+    if not 0.0 <= float(label_smoothing) < 1.0:
+        raise ValueError(f"label_smoothing={label_smoothing}: must lie in [0, 1)")
+    if kind != SINGLE_LABEL and (label_smoothing or class_weights is not None):
+        raise ValueError(f"label_smoothing and class_weights are terms of the single-label cross-entropy; the "
+                         f"model's problem_type is {kind!r} (leave both unset)")
+    if class_weights is None:
+        return None
+    weight = torch.as_tensor(class_weights, dtype=torch.float32).detach().cpu()
+    if weight.shape != (num_labels,) or not bool(torch.isfinite(weight).all()) or bool((weight < 0).any()) \
+            or float(weight.sum()) <= 0:
+        raise ValueError(f"class_weights={weight.tolist()}: give {num_labels} finite weights >= 0 (one per label) "
+                         "with a positive sum")
+    return weight
 
 
 class TrainLoss:
@@ -78,12 +116,16 @@ class TrainLoss:
     #: larger blocks and mini-batches drawn row by row (see :class:`PreparedData`).
     rowwise = False
 
-    def __init__(self, model: nn.Module, params: ParameterSet):
+    def __init__(self, model: nn.Module, params: ParameterSet, *, label_smoothing: float = 0.0,
+                 class_weights: Sequence[float] | Tensor | None = None):
         self.model = model
         self.params = params
         self.device = model_device(model)
         self.theta = params.flat()
         self.problem_type = problem_type(model)
+        self.label_smoothing = float(label_smoothing)
+        self.class_weights = check_loss_terms(self.problem_type, model.config.num_labels, label_smoothing,
+                                              class_weights)
 
     def prepare(self, batch: dict) -> dict:
         raise NotImplementedError
@@ -105,7 +147,16 @@ class TrainLoss:
         """``(B,)`` loss of each example as a function of its logits alone (:func:`example_losses`
         of the model's problem type): the outer function ℓ of L(z; θ) = ℓ(f(z; θ)), whose Hessian
         the Gauss-Newton product uses."""
-        return example_losses(logits, batch["labels"], self.problem_type)
+        return example_losses(logits, batch["labels"], self.problem_type, label_smoothing=self.label_smoothing,
+                              class_weights=self.class_weights)
+
+    @property
+    def key_terms(self) -> dict:
+        """The loss's non-default terms (``label_smoothing``, ``class_weights`` as a list) for
+        s_test cache keys; empty for the plain loss, so keys written before these terms stay valid."""
+        terms = {"label_smoothing": self.label_smoothing or None,
+                 "class_weights": None if self.class_weights is None else self.class_weights.tolist()}
+        return {k: v for k, v in terms.items() if v is not None}
 
     def mean_loss(self, theta: Tensor, batch: dict) -> Tensor:
         return self.per_example_loss(theta, batch).mean()
@@ -164,8 +215,8 @@ class CachedTopLoss(TrainLoss):
     vectorized = True
     rowwise = True
 
-    def __init__(self, model: nn.Module, params: ParameterSet):
-        super().__init__(model, params)
+    def __init__(self, model: nn.Module, params: ParameterSet, **loss_terms):
+        super().__init__(model, params, **loss_terms)
         # the highest cut whose modules hold θ_S
         cut = next((c for c in reversed(CUTS) if set(params.names) <= TopHead(model, c).parameter_names()), "ffn")
         self.head = TopHead(model, cut)
@@ -271,12 +322,16 @@ def _check_measurement_rows(batch: dict, labels: Sequence[int], token_positions:
                          "give one (non-empty) list of each, one entry per measurement")
 
 
-def make_train_loss(model: nn.Module, params: str | Sequence[str] | ParameterSet = "head") -> TrainLoss:
-    """The cheapest exact training loss for ``params``: cached top when possible, else the full model."""
+def make_train_loss(model: nn.Module, params: str | Sequence[str] | ParameterSet = "head", *,
+                    label_smoothing: float = 0.0, class_weights: Sequence[float] | Tensor | None = None) -> TrainLoss:
+    """The cheapest exact training loss for ``params``: cached top when possible, else the full
+    model. ``label_smoothing`` and ``class_weights``: the terms of :func:`example_losses` the
+    model was trained with (default: none)."""
     pset = params if isinstance(params, ParameterSet) else select_parameters(model, params)
+    terms = {"label_smoothing": label_smoothing, "class_weights": class_weights}
     if supports_top_head(model) and set(pset.names) <= TopHead(model).parameter_names():
-        return CachedTopLoss(model, pset)
-    return FullModelLoss(model, pset)
+        return CachedTopLoss(model, pset, **terms)
+    return FullModelLoss(model, pset, **terms)
 
 
 # Aliases: the names of these objects before the rename to "loss" (same classes, same function).

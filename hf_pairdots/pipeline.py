@@ -321,7 +321,7 @@ def find_suspicious(model, tokenizer, train, queries_ds, args: ExplainArguments)
             raise ValueError("find_suspicious: no training row can be scored (all are empty or lose every word "
                              "to the tokenizer); give a training set with text")
         kept = ([texts[i] for i in rows], [labels[i] for i in rows])
-        objective = make_train_loss(model, args.suspicious_params)
+        objective = make_train_loss(model, args.suspicious_params, **args.measurement.loss_terms())
         data = prepare_data(objective, tokenizer, *kept, batch_size=args.batch_size, max_length=args.max_length)
         result = self_influence(objective, data, args.solver)
         top = torch.topk(result.scores, min(args.suspicious, len(rows)))
@@ -355,7 +355,7 @@ def _dev_loss_disagreement(model, tokenizer, train: tuple[list, list], queries_d
            if i not in skipped and gold is not None and 0 <= gold < model.config.num_labels]
     if not dev or len(train[0]) < 2:
         return {"skipped": "fewer than 2 training rows or no labelled, scorable query row"}
-    objective = make_train_loss(model, args.params)
+    objective = make_train_loss(model, args.params, **args.measurement.loss_terms())
     data = prepare_data(objective, tokenizer, *train, batch_size=args.batch_size, max_length=args.max_length)
     dev_data = prepare_data(objective, tokenizer, [texts[i] for i in dev], [golds[i] for i in dev],
                             batch_size=args.batch_size, max_length=args.max_length)

@@ -125,7 +125,8 @@ def test_round_trip_keeps_the_flat_layout(name, args, tmp_path):
     text = args.to_json(tmp_path / "explain_args.json")
     old = json.loads((FIXTURES / f"explain_args_{name}.json").read_text())
     old["solver"]["curvature"] = args.solver.curvature
-    assert text == json.dumps({**old, "ranking": args.ranking}, indent=2, sort_keys=True)
+    added = {"ranking": args.ranking, "label_smoothing": args.label_smoothing, "class_weights": args.class_weights}
+    assert text == json.dumps({**old, **added}, indent=2, sort_keys=True)
     assert ExplainArguments.from_json(tmp_path / "explain_args.json") == args
     for group in (args.query, args.measurement, args.edits, args.solver):
         assert type(group).from_json(group.to_json()) == group

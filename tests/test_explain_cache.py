@@ -105,7 +105,8 @@ def test_second_explain_solves_nothing_and_returns_the_same_records(model, tok, 
         [e.train_index for e in first[1].labels[0].top_train[:2]]
 
 
-@pytest.mark.parametrize("change", ["damping", "training_set", "max_length", "model"])
+@pytest.mark.parametrize("change", ["damping", "training_set", "max_length", "model", "label_smoothing",
+                                    "class_weights"])
 def test_changed_argument_data_or_model_misses(model, tok, queries, solves, tmp_path, change):
     Explainer(model, tok, TRAIN, LABELS, _args(tmp_path)).explain(queries[:1])
     assert solves["rows"] == [2]
@@ -116,6 +117,9 @@ def test_changed_argument_data_or_model_misses(model, tok, queries, solves, tmp_
         labels = LABELS[:-1] + [1 - LABELS[-1]]  # one flipped label
     elif change == "max_length":
         args = dataclasses.replace(args, max_length=15)
+    elif change in ("label_smoothing", "class_weights"):  # another loss: another H and other training gradients
+        args = dataclasses.replace(args, **{"label_smoothing": 0.1} if change == "label_smoothing"
+                                   else {"class_weights": [1.0, 2.0]})
     else:
         other = tiny_bert(initializer_range=0.1, seed=1)
         with torch.no_grad():

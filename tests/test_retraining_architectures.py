@@ -48,8 +48,10 @@ saliency is 0."""
 class Reference:
     """The float64 copy of a model whose head parameters are a flat θ (the library's order)."""
 
-    def __init__(self, net, tok, names, shapes, prefix, mode):
+    def __init__(self, net, tok, names, shapes, prefix, mode, terms):
         self.net, self.tok, self.names, self.shapes, self.mode = copy.deepcopy(net).double(), tok, names, shapes, mode
+        self.terms = {"label_smoothing": terms.get("label_smoothing", 0.0),
+                      "weight": None if terms.get("class_weights") is None else torch.tensor(terms["class_weights"], dtype=F64)}
         self.head = self.net.get_submodule(prefix[:-1])
         self.prefix = prefix
         self.pooled, self.logits0 = [], []
@@ -77,8 +79,9 @@ class Reference:
         return out[:, 0] if out.dim() == 3 else out
 
     def objective(self, theta, weights):
-        """Σ_i w_i L(z_i; θ) + λ/2 ||θ||²."""
-        losses = F.cross_entropy(self.head_logits(theta, self.pooled), torch.tensor(LABELS), reduction="none")
+        """Σ_i w_i L(z_i; θ) + λ/2 ||θ||² (L with the label smoothing and class weights of ``terms``)."""
+        losses = F.cross_entropy(self.head_logits(theta, self.pooled), torch.tensor(LABELS), reduction="none",
+                                 **self.terms)
         return (weights * losses).sum() + 0.5 * LAMBDA * theta.square().sum()
 
     def descend(self, theta, weights):
@@ -127,7 +130,7 @@ class Reference:
             out.append(token_saliency(g, state["e"], self.mode)[0, encoded.positions(word)].sum())
         with torch.no_grad():
             logits = torch.func.functional_call(self.net, params, (), inputs, strict=False).logits
-        out.append(F.cross_entropy(logits, torch.tensor([TEST_LABEL])))
+        out.append(F.cross_entropy(logits, torch.tensor([TEST_LABEL]), **self.terms))
         return torch.stack(out).detach()
 
 
@@ -139,15 +142,20 @@ def _spearman(a, b):
     return _pearson(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))
 
 
-@pytest.mark.parametrize("kind", ["roberta", "gpt2"])
-def test_eq5_matches_retraining(kind):
+@pytest.mark.parametrize("kind, terms", [
+    ("roberta", {}), ("gpt2", {}),
+    # trained with the Trainer's label smoothing and a class-weighted cross-entropy: the library
+    # differentiates that loss (MeasurementArguments.label_smoothing / class_weights)
+    ("roberta", {"label_smoothing": 0.1, "class_weights": [1.0, 3.0]}),
+], ids=["roberta", "gpt2", "roberta-smoothed-weighted"])
+def test_eq5_matches_retraining(kind, terms):
     prefix, mode = HEADS[kind]
     tok = tiny_tokenizer(kind)
     net = tiny_model(kind, tok, seed=0, **CONFIG[kind])
-    objective = make_train_loss(net, "auto")
+    objective = make_train_loss(net, "auto", **terms)
     names, shapes = objective.params.names, [tuple(t.shape) for t in objective.params.tensors]
     assert all(n.startswith(prefix) for n in names)  # the whole head, nothing else
-    ref = Reference(net, tok, names, shapes, prefix, mode)
+    ref = Reference(net, tok, names, shapes, prefix, mode, terms)
     theta0 = torch.cat([t.detach().double().reshape(-1) for t in objective.params.tensors])
     assert torch.allclose(ref.head_logits(theta0, ref.pooled), ref.logits0, atol=1e-10)  # pooling as the model's
     n = len(CORPUS)
@@ -162,7 +170,7 @@ def test_eq5_matches_retraining(kind):
     # saliencies and the test loss, the damped CG solve, Eq. 5.
     words = (1, 6)
     with eval_eager_mode(net):
-        objective = make_train_loss(net, "auto")
+        objective = make_train_loss(net, "auto", **terms)
         encoded = EncodedText.encode(tok, TEST_TEXT, 64)
         test = objective.prepare(tokenize(tok, [TEST_TEXT], [TEST_LABEL], 64))
         v = torch.cat([measurement_gradients(objective, encoded, [SaliencyMeasurement(0, words[0], mode),
