@@ -1,7 +1,8 @@
 """The training loss L(z; θ_S) of Eq. 4-5 and the training data prepared for it.
 
-* :class:`TrainLoss`: the per-example cross-entropy (float32) as a function of the flat θ_S, in
-  two implementations: :class:`FullModelLoss` (any model, any θ_S) and :class:`CachedTopLoss`
+* :class:`TrainLoss`: the per-example training loss of :func:`example_losses` (float32; the
+  model's ``problem_type``, with the training's label smoothing and class weights) as a
+  function of the flat θ_S, in two implementations: :class:`FullModelLoss` (any model, any θ_S) and :class:`CachedTopLoss`
   (BERT family, θ_S above a cut of :mod:`hf_pairdots.features`: the bottom of the network runs
   once per example); :func:`make_train_loss` picks the cheapest exact one.
 * :class:`PreparedData`: the training set tokenised, length-sorted, batched and prepared once
@@ -499,8 +500,8 @@ def loss_directional(objective: TrainLoss, batch: dict, s_test: Tensor) -> Tenso
 def mean_gradient_norm(objective: TrainLoss, data: PreparedData) -> float:
     """||∇θ (1/n) Σ_i L(z_i; θ)||₂ over θ_S at the current weights: about 0 at a trained
     optimum of the loss differentiated (a large value says the model was trained with another
-    loss, label smoothing or class weights, or is far from converged, so H⁻¹ describes another
-    point). Cost: one backward pass over the prepared data (cached features: the head only)."""
+    loss, e.g. a label smoothing or class weights other than ``objective``'s, or is far from
+    converged, so H⁻¹ describes another point). Cost: one backward pass over the prepared data (cached features: the head only)."""
     total = torch.zeros_like(objective.theta)
     for batch in data.batches:
         weight = len(batch["labels"]) / data.size
