@@ -2,9 +2,10 @@
 
 * :class:`TrainLoss`: the per-example training loss of :func:`example_losses` (float32; the
   model's ``problem_type``, with the training's label smoothing and class weights) as a
-  function of the flat θ_S, in two implementations: :class:`FullModelLoss` (any model, any θ_S) and :class:`CachedTopLoss`
-  (BERT family, θ_S above a cut of :mod:`hf_pairdots.features`: the bottom of the network runs
-  once per example); :func:`make_train_loss` picks the cheapest exact one.
+  function of the flat θ_S, in two implementations: :class:`FullModelLoss` (any model, any
+  θ_S) and :class:`CachedTopLoss` (BERT family, RoBERTa, XLM-R, ELECTRA, MPNet, DeBERTa-v2;
+  θ_S above a cut of :mod:`hf_pairdots.features`: the bottom of the network runs once per
+  example); :func:`make_train_loss` picks the cheapest exact one.
 * :class:`PreparedData`: the training set tokenised, length-sorted, batched and prepared once
   (:func:`prepare_data`), with the mini-batch draws of a stochastic HVP (:meth:`PreparedData.sample`)
   and the per-process shares of a distributed run (:meth:`PreparedData.shard`).
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .autograd import ParameterSet, directional_derivatives, hvp, select_parameters
-from .features import CUTS, TopHead, compute_features, cut_features, supports_top_head
+from .features import TopHead, available_cuts, compute_features, cut_features, supports_top_head
 from .measurement import saliency_measurement_gradient
 from .modeling import (INPUT_KEYS, MULTI_LABEL, SINGLE_LABEL, check_labels, find_embedding_block, first_position_only,
                        label_tensor, model_device, model_inputs, problem_type, sequence_length,
@@ -205,7 +206,8 @@ class FullModelLoss(TrainLoss):
 
 
 class CachedTopLoss(TrainLoss):
-    """Loss through :class:`~hf_pairdots.features.TopHead` on cached features (BERT family).
+    """Loss through :class:`~hf_pairdots.features.TopHead` on cached features (BERT family:
+    BERT, RoBERTa, XLM-R, ELECTRA, MPNet, DeBERTa-v2; :func:`~hf_pairdots.features.supports_top_head`).
 
     ``prepare`` runs the bottom of the model once (one forward pass, no gradient); after that a
     loss, JVP or HVP touches only the top feed-forward block, pooler and classifier, or only
@@ -219,7 +221,8 @@ class CachedTopLoss(TrainLoss):
     def __init__(self, model: nn.Module, params: ParameterSet, **loss_terms):
         super().__init__(model, params, **loss_terms)
         # the highest cut whose modules hold θ_S
-        cut = next((c for c in reversed(CUTS) if set(params.names) <= TopHead(model, c).parameter_names()), "ffn")
+        cut = next((c for c in reversed(available_cuts(model)) if set(params.names) <= TopHead(model, c).parameter_names()),
+                   "ffn")
         self.head = TopHead(model, cut)
         outside = set(params.names) - self.head.parameter_names()
         if outside:

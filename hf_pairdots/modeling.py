@@ -45,6 +45,11 @@ BERT family ``intermediate``/``output``, DistilBERT ``ffn``/``output_layer_norm`
 ``mlp_norm``/``mlp``, GPT-2 ``ln_2``/``mlp``, Llama family ``post_attention_layernorm``/``mlp``,
 BART ``fc1``/``fc2``/``final_layer_norm``."""
 
+ENCODER_HELPERS = {"mpnet": {"relative_attention_bias"}, "deberta-v2": {"rel_embeddings", "LayerNorm", "conv"}}
+"""Per ``config.model_type``: parameterised children of ``base.encoder`` besides its layers that
+act inside the layers (relative-position biases and embeddings, DeBERTa-v2's norm of them and its
+ConvLayer after layer 0), not after the last one: :attr:`ModelLayout.has_top_head` allows them."""
+
 FINAL_NORMS = ("ln_f", "norm", "final_norm")
 """Norms of a base model between its last layer and the head (GPT-2, Llama family, ModernBERT)."""
 
@@ -69,7 +74,8 @@ class ModelLayout:
         base: the base model ``inner.<base_prefix>`` (embeddings and encoder), or ``None``.
         layers: the layers (``base.encoder.layer`` for BERT, :data:`LAYER_LISTS`), or ``None``
             (ALBERT shares one layer group: no per-layer presets).
-        pooler: ``base.pooler``, or ``None``.
+        pooler: ``base.pooler`` (BERT, ALBERT), else the head's own ``inner.pooler`` (DeBERTa's
+            ``ContextPooler``), or ``None``.
         classifier: ``inner.classifier``, else ``inner.score`` / ``inner.classification_head``,
             else ``None``: the last module of the head.
         layers_name: the dotted name of ``layers`` in ``inner`` (``"bert.encoder.layer"``), or ``None``.
@@ -107,9 +113,10 @@ class ModelLayout:
         pooler = getattr(base, "pooler", None)
         pooler = pooler if isinstance(pooler, nn.Module) else None
         head = [] if pooler is None else [f"{base_prefix}.pooler"]
+        if pooler is None and base is not None and isinstance(getattr(inner, "pooler", None), nn.Module):
+            pooler = inner.pooler  # DeBERTa's ContextPooler: part of the head, outside the base model
         if base is not None:  # a bare base model has no head
-            head += [name for name, child in inner.named_children()
-                     if child is not base and any(True for _ in child.parameters())]
+            head += [name for name, child in _parameterised_children(inner).items() if child is not base]
         classifier = next((getattr(inner, n) for n in ("classifier", "score", "classification_head")
                            if isinstance(getattr(inner, n, None), nn.Module)), None)
         return cls(model, inner, PEFT_PREFIX if is_peft else "", base_prefix, base, layers, pooler, classifier,
@@ -129,8 +136,7 @@ class ModelLayout:
         if last is None:
             return ()
         index = len(self.layers) - 1
-        blocks = [f"{self.layers_name}.{index}.{n}" for n, child in last.named_children()
-                  if n in FEED_FORWARD_BLOCKS and any(True for _ in child.parameters())]
+        blocks = [f"{self.layers_name}.{index}.{n}" for n in _parameterised_children(last) if n in FEED_FORWARD_BLOCKS]
         if blocks:  # a final norm between the last layer and the head (GPT-2 ln_f, Llama norm) is part of the top
             blocks += [f"{self.base_prefix}.{n}" for n in FINAL_NORMS
                        if isinstance(getattr(self.base, n, None), nn.Module)]
@@ -138,14 +144,35 @@ class ModelLayout:
 
     @property
     def has_top_head(self) -> bool:
-        """Whether the model has what :class:`~hf_pairdots.features.TopHead` runs (the BERT
-        layout): a last encoder layer ``base.encoder.layer[-1]`` with ``intermediate`` and
-        ``output`` blocks, a pooler and an ``nn.Linear`` ``classifier``, and no other head module."""
-        last = self.last_layer
-        return (last is not None and self.pooler is not None and isinstance(self.classifier, nn.Linear)
-                and self.layers_name == f"{self.base_prefix}.encoder.layer"
-                and set(self.head_names) == {f"{self.base_prefix}.pooler", "classifier"}
-                and hasattr(last, "intermediate") and hasattr(last, "output"))
+        """Whether :class:`~hf_pairdots.features.TopHead` computes this model's logits exactly
+        from the last layer's attention output at position 0, i.e. the model has the BERT-family
+        layout: layers ``base.encoder.layer`` whose last one is post-LayerNorm ``attention`` →
+        ``intermediate`` → ``output`` and nothing else, an encoder with nothing after its layers
+        (:data:`ENCODER_HELPERS` act inside them), and a head that reads position 0 only: pooler +
+        ``nn.Linear`` ``classifier`` (BERT, DeBERTa-v2's ContextPooler), or a
+        ``*ClassificationHead`` ``classifier`` of ``dense`` + ``out_proj`` (RoBERTa, XLM-R,
+        ELECTRA, MPNet). Pre-LayerNorm variants (Megatron-BERT: a norm inside the layer and after
+        the encoder) and peft head copies are not (they take the general route)."""
+        return self._post_ln_encoder() and self._head_reads_position_zero()
+
+    def _post_ln_encoder(self) -> bool:
+        last, encoder = self.last_layer, getattr(self.base, "encoder", None)
+        if last is None or self.layers_name != f"{self.base_prefix}.encoder.layer":
+            return False
+        allowed = ENCODER_HELPERS.get(getattr(getattr(self.inner, "config", None), "model_type", None), set())
+        helpers = {name for name in _parameterised_children(encoder) if name != "layer"}
+        if set(_parameterised_children(last)) != {"attention", "intermediate", "output"} or not helpers <= allowed:
+            return False
+        return "conv" not in helpers or len(self.layers) >= 2  # DeBERTa-v2's ConvLayer runs after layer 0
+
+    def _head_reads_position_zero(self) -> bool:
+        if self.pooler is not None:
+            pooler_name = f"{self.base_prefix}.pooler" if self.pooler is getattr(self.base, "pooler", None) else "pooler"
+            return isinstance(self.classifier, nn.Linear) and set(self.head_names) == {pooler_name, "classifier"}
+        if set(self.head_names) != {"classifier"} or not type(self.classifier).__name__.endswith("ClassificationHead"):
+            return False
+        parts = _parameterised_children(self.classifier)
+        return set(parts) == {"dense", "out_proj"} and all(isinstance(part, nn.Linear) for part in parts.values())
 
     def embedding_block(self, module_name: str | None = None) -> nn.Module:
         """The module whose output is the encoder's input (where e_t lives): see
@@ -524,3 +551,8 @@ def predict_encoded(model: nn.Module, tokenizer, encoded: Sequence[EncodedText],
             batch = pad_encoded(tokenizer, [encoded[i] for i in rows])
             out[rows] = output_scores(model(**model_inputs(batch, device)).logits, kind).cpu()
     return out
+
+
+def _parameterised_children(module: nn.Module) -> dict[str, nn.Module]:
+    """The direct children of ``module`` that hold parameters, by name."""
+    return {name: child for name, child in module.named_children() if any(True for _ in child.parameters())}

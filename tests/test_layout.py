@@ -119,7 +119,7 @@ def test_layout_of_a_base_model_and_of_a_model_without_embeddings():
     assert layout.embedding_block() is base.embeddings
     with pytest.raises(ValueError, match="needs an encoder with a list of layers"):
         select_parameters(base, "top")
-    with pytest.raises(ValueError, match="lacks the BERT layout"):
+    with pytest.raises(ValueError, match="lacks the BERT-family layout"):
         TopHead(base)
     with pytest.raises(SaliencyError, match="module_name="):
         find_embedding_block(nn.Sequential(nn.Linear(2, 2)))
