@@ -244,7 +244,7 @@ def influence_edits(a, model, tokenizer, train, targeted, run: Path):
     attack's edits per k (``<run>/loss_edits``); ``(explanations, {k: loss edits}, seconds)``."""
     from hf_pairdots.explain import Explainer
 
-    config = {"params": "head", "solver": "lissa", "depth": a.depth, "num_sampled": a.num_sampled,
+    config = {"params": "head", "saliency_mode": a.saliency_mode, "solver": "lissa", "depth": a.depth, "num_sampled": a.num_sampled,
               "max_candidates": a.max_candidates, "num_queries": len(targeted), "max_length": a.max_length,
               "seeds": [0], "top_k": None}
     seconds = {}
@@ -390,6 +390,7 @@ def table(result: dict, a) -> str:
              f"{result['queries']} targeted test sentences (correct before), {result['untouched']} untouched ones. "
              f"Warm protocol: {a.warm_epochs:g} epoch(s) from the trained weights at lr {a.warm_lr:g}, "
              f"retraining {a.retrain_params} parameters; initial protocol: the full recipe from the packaged MiniLM. "
+             f"Saliency attack edits chosen with saliency_mode={a.saliency_mode}. "
              f"Seconds: training {s.get('train')}, saliency explanations {s.get('explain_saliency')}, "
              f"loss edits {s.get('explain_loss', '(cached)')}.", "",
              "Flip: a targeted query misclassified after retraining; pooled over seeds x queries, 95 % Wilson "
@@ -432,6 +433,8 @@ def retraining_arguments(p: argparse.ArgumentParser, *, ks, run_dir: str) -> arg
     p.add_argument("--depth", type=int, default=50)
     p.add_argument("--num-sampled", type=int, default=3)
     p.add_argument("--max-candidates", type=int, default=8)
+    p.add_argument("--saliency-mode", default="occlusion",
+                   help="ExplainArguments.saliency_mode of the influence-chosen edits (the paper's: gradient)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="subsample and base-training seed")
     p.add_argument("--run-dir", default=run_dir)

@@ -230,7 +230,6 @@ def main(argv=None) -> int:
     p = retraining_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]), ks=[1, 2, 4, 8, 16],
                              run_dir="runs/bench_fix")
     p.add_argument("--initial-ks", type=int, nargs="*", default=[], help="ks of the initial protocol (default --ks)")
-    p.add_argument("--saliency-mode", default="occlusion", help="ExplainArguments.saliency_mode of the fixing edits")
     return run_benchmark(p, argv, measure, table, BEGIN, END)
 
 
