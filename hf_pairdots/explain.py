@@ -249,6 +249,33 @@ class Explainer:
 
     @autocast_disabled()
     @_eval_eager
+    def gradient_norms_of(self, train_indices: Sequence[int]) -> dict[int, float]:
+        """||∇θ L(z)||₂ over θ_S of the given training rows (``train_index``), by row.
+
+        The loss is the one differentiated (the training loss with its smoothing and weights).
+        Cost: preparing those rows (for cached features one forward pass over them) and one
+        per-example gradient pass over them (:func:`~hf_pairdots.influence.gradient_norms`); with
+        ``ranking="unit"`` the norms computed at construction are read instead.
+
+        Raises:
+            ValueError: a row outside the training set or left out of scoring
+                (:attr:`skipped_train_rows`), before any pass.
+        """
+        rows = sorted(set(train_indices))
+        position = {row: p for p, row in enumerate(self.train_rows)}
+        unscored = [row for row in rows if row not in position]
+        if unscored:
+            raise ValueError(f"training rows {unscored[:5]} are not scored (outside the training set of "
+                             f"{len(self.train_texts)} rows, or in skipped_train_rows)")
+        if self.train_gradient_norms is not None:
+            return {row: float(self.train_gradient_norms[position[row]]) for row in rows}
+        data = prepare_data(self.objective, self.tokenizer, [self.train_texts[i] for i in rows],
+                            [self.train_labels[i] for i in rows], batch_size=self.args.batch_size,
+                            max_length=self.args.max_length, rows=rows)
+        return dict(zip(rows, gradient_norms(self.objective, data).tolist()))
+
+    @autocast_disabled()
+    @_eval_eager
     def explain(self, queries: Sequence[Query]) -> list[Explanation]:
         """Explanation records (:class:`~hf_pairdots.records.Explanation`; their ``to_dict()`` is
         the JSON schema of docs/ARCHITECTURE.md) for ``queries``, in order.

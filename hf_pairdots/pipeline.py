@@ -37,6 +37,7 @@ from .augment.dataset import EditCollection, apply_edits, collect_edits, explain
 from .distributed import broadcast_object, is_distributed, is_main_process
 from .errors import IncompatibleRunError
 from .explain import Explainer, Query, check_problem, skipped_rows
+from .hubs import find_hub
 from .influence import mean_loss_gradient, self_influence, tail_disagreement, train_influence
 from .loss import make_train_loss, prepare_data
 from .modeling import REGRESSION, SINGLE_LABEL, influence_mode, predict_encoded, problem_type
@@ -210,6 +211,11 @@ def explain_dataset(model, tokenizer, train, queries_ds, args: ExplainArguments,
     (present when there are any; left out of the Hessian and the candidates, see
     :class:`~hf_pairdots.explain.Explainer`). Both are shown in the report's header table.
 
+    When one training example is in the top-k of more than 10 % of at least 10 explained rows
+    (a *hub*, :func:`~hf_pairdots.hubs.find_hub`), ``meta.json``'s ``"hub"`` names it, with its
+    training-gradient norm against the median of the listed examples' (computed for those examples
+    only, when an Explainer ran in this call), the report shows the warning, and it is logged.
+
     With ``args.suspicious > 0`` it also writes ``suspicious.json``, the training examples with
     the largest self-influence (:func:`find_suspicious`, on rank 0), puts their diagnostics
     under ``meta.json``'s ``"suspicious"`` (a ``"warning"`` there when the dev-loss influence
@@ -273,6 +279,9 @@ def _explain_dataset(model, tokenizer, train, queries_ds, args, out: Path, chunk
                      else skipped_rows(tokenizer, list(train["text"]), args.max_length))
     full_meta = {**meta, **summary, "ranking": RANKING_NOTES[args.ranking], "skipped_rows": skipped,
                  "train_size": len(train), **({"skipped_train_rows": skipped_train} if skipped_train else {})}
+    hub = _hub(records, explainer, args.ranking)
+    if hub is not None:
+        full_meta["hub"] = hub
     suspicious = None
     if args.suspicious:
         suspicious = _write_suspicious(model, tokenizer, train, queries_ds, args, out, full_meta)
@@ -281,6 +290,20 @@ def _explain_dataset(model, tokenizer, train, queries_ds, args, out: Path, chunk
     if is_distributed():
         broadcast_object(summary)
     return summary
+
+
+def _hub(records: list[Explanation], explainer: Explainer | None, ranking: str) -> dict | None:
+    """``meta.json``'s ``"hub"`` (:func:`~hf_pairdots.hubs.find_hub` over the records' top-k
+    lists, with the training-gradient norms of the listed examples when an Explainer was built in
+    this call), logged as a warning; ``None`` when no example is a hub."""
+    top_lists = [[t.train_index for t in entry.top_train] for r in records for entry in r.labels]
+    hub = find_hub(top_lists)
+    if hub is None:
+        return None
+    if explainer is not None:
+        hub = hub.with_norms(explainer.gradient_norms_of({i for top in top_lists for i in top}))
+    logger.warning("Hub: %s", hub.message(ranking))
+    return hub.to_dict(ranking)
 
 
 def find_suspicious(model, tokenizer, train, queries_ds, args: ExplainArguments) -> tuple[list[dict], dict]:

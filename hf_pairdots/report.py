@@ -248,6 +248,8 @@ def render_html(records: Iterable[Explanation | dict], meta: dict, suspicious: l
     self_influence) adds a section "Training examples the model finds suspicious" at the end,
     with `meta["suspicious"]` (its diagnostics, and the warning when the dev-loss ranking
     disagrees) shown there instead of in the header table; `None` (default) changes nothing.
+    `meta["hub"]` (a training example in many top-k lists, :mod:`hf_pairdots.hubs`) is shown as
+    a warning under the header table.
     Records are typed or JSON dicts (:func:`~hf_pairdots.records.as_explanation`). Multi-label
     records show their label names (each with its probability); regression records the target and
     predicted values, and the training examples' targets instead of label names.
@@ -269,10 +271,11 @@ def render_html(records: Iterable[Explanation | dict], meta: dict, suspicious: l
             }
         )
     meta_rows = [(str(k), _fmt(v)) for k, v in meta.items()
-                 if v is not None and (suspicious is None or k != "suspicious")]
+                 if v is not None and k != "hub" and (suspicious is None or k != "suspicious")]
     colours = {role: [f"rgb{c}" for c in pair] for role, pair in PALETTES.items()}
     return _ENV.get_template("report.html.j2").render(
         queries=queries, meta_rows=meta_rows, colours=colours, negative=f"rgb{NEGATIVE}", regression=regression,
+        hub_warning=(meta.get("hub") or {}).get("warning"),
         suspicious=None if suspicious is None else _suspicious_view(suspicious, meta.get("suspicious", {})),
     )
 
