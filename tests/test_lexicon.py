@@ -413,3 +413,33 @@ def test_morphology_runs_in_the_pos_of_the_sense(lexicon):
         assert loose.candidates(word, both) == lexicon.candidates(word, both)
     assert not {"beloveded", "dearested", "lovemakinged"} & set(loose.synonyms("loved"))
     assert "tallying" not in loose.synonyms("running")
+
+
+# ----------------------------------------------------------------------------- C39, C40
+
+
+def test_c39_only_the_chosen_word_changes(lexicon):
+    """C39: substituting one word keeps every other character byte for byte (no lower-casing,
+    no re-joined punctuation: "U.S." stays), follows the word's casing and keeps attached
+    punctuation and quotes outside the replacement."""
+    from hf_pairdots.augment.search import substitute
+
+    text = "Many older U.S. adults don't get needed cardiac rehab"
+    assert lexicon.synonyms("adults") == ["grownups"]
+    assert substitute(text, 3, "grownups") == "Many older U.S. grownups don't get needed cardiac rehab"
+    assert lexicon.candidates("U.S.", ("synonym", "antonym")) == []  # an acronym is a name: not edited
+    quoted = 'He called it a "well-made" (Rehab) FILM, sadly.'
+    assert lexicon.antonyms('"well-made"') == ['"inferior"']  # quotes stay around the hyphenated word
+    assert lexicon.synonyms("FILM,")[0] == "MOVIE,"
+    assert substitute(quoted, 6, "MOVIE,") == 'He called it a "well-made" (Rehab) MOVIE, sadly.'
+    assert lexicon.synonyms("Older", sentence_initial=True)[0] == "Aged"
+    assert lexicon.synonyms("(older),")[0] == "(aged),"
+
+
+def test_c40_inflected_words_are_looked_up_by_base_form_and_reinflected(lexicon):
+    """C40: an inflected noun, a past-tense verb, a comparative and a superlative get
+    replacements in the same inflection (hand-checked against WordNet 3.0)."""
+    assert lexicon.synonyms("movies")[0] == "films"
+    assert "enjoyed" in lexicon.synonyms("loved") and lexicon.antonyms("loved")[0] == "hated"
+    assert lexicon.synonyms("happier") == ["gladder"] and lexicon.antonyms("happier") == ["unhappier"]
+    assert lexicon.antonyms("best")[0] == "worst"
