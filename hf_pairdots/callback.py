@@ -71,8 +71,8 @@ class PairDotsCallback(TrainerCallback):
         last_summary: the summary of the last explanation (see :func:`explain_dataset`).
 
     Raises:
-        ValueError: a dataset lacks a ``text`` column (in ``__init__``), or, at train end, no
-            training set or tokenizer can be found.
+        ValueError: a dataset lacks a ``text`` column (in ``__init__``), or no training set with
+            text or no tokenizer can be found (at train begin, before the first step).
 
     Example::
 
@@ -133,9 +133,14 @@ class PairDotsCallback(TrainerCallback):
             self._run(out, args, state, kwargs)
         return control
 
-    def _run(self, out: Path, train_args, state, kwargs) -> None:
-        if not state.is_world_process_zero and not is_distributed():
-            return  # every rank scores its shard when there is a process group; rank 0 writes
+    def on_train_begin(self, args, state, control, **kwargs):
+        """Check, before the first step, that the training texts and the tokenizer can be found
+        (case C41: the Trainer's dataloader drops the ``text`` column), so that a missing one
+        fails now rather than after training."""
+        self._inputs(kwargs)
+
+    def _inputs(self, kwargs) -> tuple:
+        """``(tokenizer, training set with text)`` from the constructor, else the Trainer."""
         tokenizer = self.tokenizer or kwargs.get("processing_class")
         train = self.train_dataset
         if train is None:  # the Trainer's, if it kept the text (the dataloader's copy rarely does)
@@ -146,6 +151,12 @@ class PairDotsCallback(TrainerCallback):
             raise ValueError("PairDotsCallback: no tokenizer; pass tokenizer= or Trainer(processing_class=...)")
         if train is None or "text" not in train.column_names:
             raise ValueError("PairDotsCallback: the Trainer's train dataset has no 'text' column; pass train_dataset=")
+        return tokenizer, train
+
+    def _run(self, out: Path, train_args, state, kwargs) -> None:
+        if not state.is_world_process_zero and not is_distributed():
+            return  # every rank scores its shard when there is a process group; rank 0 writes
+        tokenizer, train = self._inputs(kwargs)
         args = with_training_smoothing(self.args, train_args)
         warn_if_loss_differs(train_args, args)
         if self.trainer is not None:

@@ -116,6 +116,8 @@ def test_embedding_block_is_called_once_per_forward(kind):
 
 
 def test_compiled_model_presets_resolve_to_the_eager_tensors():
+    """C33: behind ``torch.compile``'s ``_orig_mod.`` prefix every preset selects the very tensors
+    of the eager model: none widens."""
     net = tiny("gpt2")
     compiled = torch.compile(net)  # not run: only its `_orig_mod.` names matter
     assert any(n.startswith("_orig_mod.") for n, _ in compiled.named_parameters())

@@ -564,3 +564,13 @@ def test_predict_proba_runs_without_dropout_and_keeps_the_train_mode(tok):
     assert model.training
     assert torch.allclose(first, reference, atol=1e-6) and torch.equal(first, second)
     assert float((reference[:, 1] - reference[:, 1].mean()).abs().max()) > 1e-3  # the texts differ
+
+
+def test_c41_no_training_text_fails_before_the_first_step(tok, train, dev, tmp_path):
+    """C41: the Trainer's train dataset is tokenized (no ``text`` column left) and none is
+    given: one error naming the fix at train begin, before any training step."""
+    trainer = _trainer(tok, train, dev, tmp_path, [], eval_strategy="no")
+    PairDotsCallback.attach(trainer, dev, args=_args(max_queries=1))
+    with pytest.raises(ValueError, match="has no 'text' column; pass train_dataset="):
+        trainer.train()
+    assert trainer.state.global_step == 0

@@ -83,6 +83,8 @@ def blocks(pset, vector):
 # --------------------------------------------------------------------------------------------
 
 def test_lora_preset_selects_the_adapters(trained):
+    """C43: "lora" is the adapters only; presets naming the head resolve to peft's trainable
+    ``modules_to_save`` copy, never its frozen ``original_module``."""
     pset = select_parameters(trained, "lora")
     trainable = {n for n, p in trained.named_parameters() if p.requires_grad}
     adapters = {n for n in trainable if ".lora_A." in n or ".lora_B." in n}

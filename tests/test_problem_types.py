@@ -1,7 +1,8 @@
 """The training loss follows ``config.problem_type`` (single-label CE, multi-label BCE,
 regression MSE): the mean of the per-example losses equals the model's own ``outputs.loss``,
 float targets are never cast to class ids, saliency scores follow the head (softmax, sigmoid,
-predicted value), and what is unsupported is refused clearly."""
+predicted value), and what is unsupported is refused clearly (case C34); label smoothing and
+class weights are differentiated as the Trainer trains them (case C36)."""
 
 import warnings
 
