@@ -43,7 +43,7 @@ def timed(objective, tok, texts, labels, v, hvps):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="/work/shared/data/sst_sentence")
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "sst_sentence"))
     parser.add_argument("--train-size", type=int, default=512)
     parser.add_argument("--hvps", type=int, default=10)
     args = parser.parse_args()
