@@ -45,6 +45,13 @@ def available_cuts(model: nn.Module) -> tuple[str, ...]:
     return CUTS if layout.pooler is not None else CUTS[:2]
 
 
+def _check_cut(model: nn.Module, cut: str) -> None:
+    """ValueError naming the model's cuts unless ``cut`` is one of :func:`available_cuts`."""
+    cuts = available_cuts(model)
+    if cut not in cuts:
+        raise ValueError(f"cut={cut!r}: {type(model).__name__} has the cuts {cuts}")
+
+
 class TopHead(nn.Module):
     """The model's top as a function of cached features: ``(B, H) -> (B, num_labels)`` logits.
 
@@ -67,8 +74,7 @@ class TopHead(nn.Module):
         if not layout.has_top_head:
             raise ValueError(f"{type(model).__name__} lacks the BERT-family layout (post-LN encoder.layer, a head "
                              "reading position 0: see ModelLayout.has_top_head)")
-        if cut not in available_cuts(model):
-            raise ValueError(f"cut={cut!r}: {type(model).__name__} has the cuts {available_cuts(model)}")
+        _check_cut(model, cut)
         self.model, self.cut = model, cut
         self.layout = layout  # a plain attribute: its modules are the model's, not registered twice
 
@@ -97,8 +103,7 @@ def cut_features(model: nn.Module, inputs: dict, cut: str = "ffn") -> Tensor:
     :meth:`hf_pairdots.loss.CachedTopLoss.saliency_gradients`).
     ``inputs``: the model's keyword inputs, already on its device. Cost: one forward pass, the
     last feed-forward block on position 0 only."""
-    if cut not in available_cuts(model):
-        raise ValueError(f"cut={cut!r}: {type(model).__name__} has the cuts {available_cuts(model)}")
+    _check_cut(model, cut)
     layout = ModelLayout.of(model)
     last, pooler = layout.last_layer, layout.pooler
     captured = {}
